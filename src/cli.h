@@ -1,0 +1,34 @@
+/* cli.h — what the provstation subcommands share: their entry points, the one place errors
+ * become a line on stderr and an exit status, and option parsing helpers. */
+#ifndef PS_CLI_H
+#define PS_CLI_H
+
+#include "config.h"
+#include "err.h"
+
+#include <stdio.h>
+
+enum { PS_EXIT_OK = 0, PS_EXIT_FAIL = 1, PS_EXIT_USAGE = 2 };
+
+struct ps_command {
+	const char *name;
+	int (*run)(int argc, char **argv);
+	const char *summary;
+};
+
+int cmd_ca(int argc, char **argv);
+int cmd_provision(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_export(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
+
+/* Print "provstation: <message>" and return PS_EXIT_FAIL. */
+int cli_error(const struct ps_err *err);
+/* Print "provstation: <formatted>" and return PS_EXIT_USAGE (or FAIL for non-usage). */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Load the configuration named by --config (or the default) and apply --ca-dir / --db. */
+int cli_load_config(struct ps_config *cfg, const char *config_path, const char *ca_dir,
+		    const char *db, struct ps_err *err);
+
+#endif

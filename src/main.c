@@ -1,0 +1,85 @@
+/* main.c — the provstation binary: dispatches subcommands and owns the process exit. */
+#include "cli.h"
+#include "util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static int cmd_help(int argc, char **argv);
+static int cmd_version(int argc, char **argv);
+
+static const struct ps_command commands[] = {
+	{"ca", cmd_ca, "create the CA, issue server and device certificates"},
+
+
+
+
+	{"help", cmd_help, "list the commands"},
+	{"version", cmd_version, "print the version"},
+};
+
+int cli_error(const struct ps_err *err)
+{
+	fprintf(stderr, "provstation: %s\n", err->msg[0] ? err->msg : "failed");
+	return PS_EXIT_FAIL;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "provstation %s: ", cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, " (see provstation %s --help)\n", cmd);
+	return PS_EXIT_USAGE;
+}
+
+int cli_load_config(struct ps_config *cfg, const char *config_path, const char *ca_dir,
+		    const char *db, struct ps_err *err)
+{
+	int rc = ps_config_load(cfg, config_path, err);
+
+	if (rc == 0 && ca_dir != NULL)
+		rc = ps_config_set(&cfg->ca_dir, ca_dir, err);
+	if (rc == 0 && db != NULL)
+		rc = ps_config_set(&cfg->database, db, err);
+	return rc;
+}
+
+static int cmd_help(int argc, char **argv)
+{
+	size_t i;
+
+	printf("usage: provstation COMMAND [OPTIONS]\n\ncommands:\n");
+	for (i = 0; i < PS_ARRAY_SIZE(commands); i++)
+		printf("  %-10s %s\n", commands[i].name, commands[i].summary);
+	printf("\nEach command takes --help. Configuration: --config FILE, default %s\n",
+	       PS_DEFAULT_CONFIG);
+	return PS_EXIT_OK;
+}
+
+static int cmd_version(int argc, char **argv)
+{
+	printf("provstation %s\n", PACKAGE_VERSION);
+	return PS_EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+	size_t i;
+
+	if (argc < 2)
+		return cmd_help(argc, argv) == 0 ? PS_EXIT_USAGE : PS_EXIT_USAGE;
+	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+		return cmd_help(argc - 1, argv + 1);
+	if (strcmp(argv[1], "--version") == 0)
+		return cmd_version(argc - 1, argv + 1);
+	for (i = 0; i < PS_ARRAY_SIZE(commands); i++)
+		if (strcmp(argv[1], commands[i].name) == 0)
+			return commands[i].run(argc - 1, argv + 1);
+	fprintf(stderr, "provstation: unknown command '%s' (see provstation help)\n", argv[1]);
+	return PS_EXIT_USAGE;
+}

@@ -1,0 +1,87 @@
+/* test_config.c — unit tests for the INI configuration: defaults, every key, errors that
+ * name file, line and key. */
+#include "config.h"
+#include "tap.h"
+
+static int load(struct ps_config *cfg, const char *text, struct ps_err *err)
+{
+	int rc = ps_config_load_string(cfg, text, "station.conf", err);
+
+	if (rc == 0)
+		ps_config_free(cfg);
+	return rc;
+}
+
+int main(void)
+{
+	struct ps_config cfg;
+	struct ps_err err = {""};
+	char long_token[2048];
+
+	ok(ps_config_load_string(&cfg, "", "empty", &err) == 0, "empty file gives defaults");
+	is_int(cfg.key_type, PS_KEY_P256, "default key type p256");
+	is_int(cfg.days, 3650, "default validity 10 years");
+	is_str(cfg.common_name, "{serial}", "default commonName template");
+	is_int(cfg.conf_target, PS_CONF_TARGET_DATA, "default conf_target data");
+	ps_config_free(&cfg);
+
+	memset(long_token, 'a', sizeof(long_token) - 1);
+	long_token[sizeof(long_token) - 1] = '\0';
+	{
+		char text[4096];
+
+		snprintf(text, sizeof(text),
+			 "# comment\n[station]\nid = line-3\noperator = alice\n"
+			 "database = /tmp/x.db\nbatch = WO-17\n"
+			 "[ca]\ndir = /ca\npassphrase_file = /ca/pass\n"
+			 "[device]\nkey_type = ed25519\ncommon_name = {serial}.devices.example.com\n"
+			 "subject = /O=My Organization/OU=My Unit/C=NO/L=Oslo\ndays = 365\n"
+			 "[mender]\nserver_url = https://mender.example.com\n"
+			 "tenant_token = %s\nserver_certificate = /ca/server-ca.pem\n"
+			 "conf_target = rootfs\ndata_partition = 4\nrootfs_partitions = 2, 3\n"
+			 "[audit]\nrevoke_superseded = yes\n",
+			 long_token);
+		ok(ps_config_load_string(&cfg, text, "station.conf", &err) == 0,
+		   "full configuration loads: %s", err.msg);
+	}
+	is_str(cfg.station_id, "line-3", "station id");
+	is_str(cfg.operator_name, "alice", "operator");
+	is_str(cfg.batch, "WO-17", "batch");
+	is_int(cfg.key_type, PS_KEY_ED25519, "key type");
+	is_int(cfg.days, 365, "days");
+	is_int(strlen(cfg.tenant_token), sizeof(long_token) - 1, "a 2 KiB tenant token survives");
+	is_int(cfg.conf_target, PS_CONF_TARGET_ROOTFS, "conf_target rootfs");
+	is_int(cfg.data_partition, 4, "data partition");
+	is_int(cfg.n_rootfs_partitions, 2, "two rootfs partitions");
+	is_int(cfg.rootfs_partitions[1], 3, "second rootfs partition");
+	ok(cfg.revoke_superseded, "revoke_superseded");
+	ps_config_free(&cfg);
+
+	ok(load(&cfg, "[station]\nid = a\ncolour = red\n", &err) == PS_EINVAL, "unknown key");
+	is_str(err.msg, "station.conf:3: unknown key 'colour' in [station]",
+	       "error names file, line and key");
+	ok(load(&cfg, "[stations]\n", &err) == PS_EINVAL, "unknown section");
+	contains(err.msg, "station.conf:1: unknown section [stations]", "names the section");
+	ok(load(&cfg, "[device]\nkey_type = dsa\n", &err) == PS_EINVAL, "bad key type");
+	contains(err.msg, "station.conf:2: [device] key_type: unknown key type 'dsa'",
+		 "names line and key");
+	ok(load(&cfg, "[device]\ndays = -4\n", &err) == PS_EINVAL, "negative days");
+	contains(err.msg, ":2: [device] days", "names days");
+	ok(load(&cfg, "[device]\ncommon_name = {serial}-{mac}\n", &err) == PS_EINVAL,
+	   "bad template");
+	contains(err.msg, "common_name", "names common_name");
+	ok(load(&cfg, "[device]\nsubject = O=no slash\n", &err) == PS_EINVAL, "bad subject");
+	contains(err.msg, "[device] subject", "names subject");
+	ok(load(&cfg, "[device]\nsubject = /XX=1\n", &err) == PS_EINVAL, "unknown subject field");
+	ok(load(&cfg, "[device]\nsubject = /CN=foo\n", &err) == PS_EINVAL, "CN in subject");
+	ok(load(&cfg, "[mender]\nconf_target = boot\n", &err) == PS_EINVAL, "bad conf_target");
+	ok(load(&cfg, "[mender]\nrootfs_partitions = 2,x\n", &err) == PS_EINVAL, "bad list");
+	ok(load(&cfg, "[audit]\nrevoke_superseded = maybe\n", &err) == PS_EINVAL, "bad bool");
+	ok(load(&cfg, "id = 3\n", &err) == PS_EINVAL, "key outside a section");
+	ok(load(&cfg, "[station]\njust words\n", &err) == PS_EINVAL, "line without =");
+	contains(err.msg, "station.conf:2:", "names the line");
+	ok(ps_config_load(&cfg, "/nonexistent/station.conf", &err) == PS_ENOENT,
+	   "an explicit missing file is an error");
+	contains(err.msg, "/nonexistent/station.conf", "names the file");
+	return tap_done();
+}
