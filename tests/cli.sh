@@ -11,6 +11,8 @@ done
 grep -q '^  ca ' "$TMP/help"
 check "help lists ca"
 grep -q '^  provision ' "$TMP/help"
+check "help lists provision"
+fails "unknown command exits non-zero" "$PROVSTATION" frobnicate
 "$PROVSTATION" frobnicate 2>"$TMP/err" >/dev/null
 [ $? -eq 2 ] && [ "$(wc -l <"$TMP/err")" -eq 1 ] && grep -q "unknown command 'frobnicate'" "$TMP/err"
 check "unknown command: exit 2, one line naming it"
