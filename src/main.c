@@ -11,9 +11,9 @@ static int cmd_version(int argc, char **argv);
 
 static const struct ps_command commands[] = {
 	{"ca", cmd_ca, "create the CA, issue server and device certificates"},
-
-
-
+	{"provision", cmd_provision, "personalize a Mender image or disk for one device"},
+	{"verify", cmd_verify, "check a personalized image against the CA"},
+	{"export", cmd_export, "print the audit rows as CSV or JSON lines"},
 
 	{"help", cmd_help, "list the commands"},
 	{"version", cmd_version, "print the version"},

@@ -1,0 +1,327 @@
+/* cmd_provision.c — `provstation provision`, `verify` and `export`: the headless pipeline and
+ * the audit rows from the command line. */
+#include "audit.h"
+#include "cli.h"
+#include "export.h"
+#include "provision.h"
+#include "util.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <string.h>
+
+enum { OPT_CONFIG = 1000, OPT_CA_DIR, OPT_DB, OPT_PASSFILE, OPT_TARGET, OPT_SERIAL };
+
+#define COMMON_OPTIONS                                                                         \
+	{"config", required_argument, NULL, OPT_CONFIG},                                       \
+		{"ca-dir", required_argument, NULL, OPT_CA_DIR},                               \
+		{"db", required_argument, NULL, OPT_DB}, {"help", no_argument, NULL, 'h'}
+
+struct common_args {
+	const char *config, *ca_dir, *db;
+};
+
+/* Handle an option shared by the commands; returns false when c is not one of them. */
+static bool common_option(int c, struct common_args *args)
+{
+	switch (c) {
+	case OPT_CONFIG:
+		args->config = optarg;
+		return true;
+	case OPT_CA_DIR:
+		args->ca_dir = optarg;
+		return true;
+	case OPT_DB:
+		args->db = optarg;
+		return true;
+	default:
+		return false;
+	}
+}
+
+static void usage_provision(FILE *out)
+{
+	fprintf(out,
+		"usage: provstation provision --target PATH --serial SERIAL [--config FILE]\n"
+		"                             [--ca-dir DIR] [--db FILE] [--passphrase-file F]\n"
+		"\n"
+		"Personalize one device: PATH is a Mender disk image (.sdimg, .uefiimg, .img) or\n"
+		"a whole-disk block device. Issues a key and a client certificate signed by the CA,\n"
+		"records them in the audit database, writes them with the merged mender.conf into\n"
+		"the data partition in place, and verifies by reading everything back.\n");
+}
+
+static void usage_verify(FILE *out)
+{
+	fprintf(out, "usage: provstation verify --target PATH [--config FILE] [--ca-dir DIR]\n"
+		     "\n"
+		     "Check a personalized image: key and certificate present with modes 0600 and\n"
+		     "0644 owned by root, the key matches the certificate, the certificate chains\n"
+		     "to the CA for clientAuth, and the client's effective mender.conf points at\n"
+		     "them.\n");
+}
+
+static void usage_export(FILE *out)
+{
+	fprintf(out,
+		"usage: provstation export --format csv|jsonl [--db FILE] [--config FILE]\n"
+		"                          [--since T] [--until T] [--status S] [--station ID]\n"
+		"                          [--batch B] [--serial S] [--out FILE]\n"
+		"\n"
+		"Print the audit rows, oldest first. T is YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC).\n"
+		"Columns: device_serial, common_name, cert_serial, state, reason, not_before,\n"
+		"not_after, pubkey_sha256, pubkey_pem, cert_pem, station_id, operator, batch,\n"
+		"ca_fingerprint, target, image_name, image_sha256, revoked_at, created_at,\n"
+		"updated_at. CSV follows RFC 4180.\n");
+}
+
+int cmd_provision(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		COMMON_OPTIONS,
+		{"target", required_argument, NULL, OPT_TARGET},
+		{"serial", required_argument, NULL, OPT_SERIAL},
+		{"passphrase-file", required_argument, NULL, OPT_PASSFILE},
+		{NULL, 0, NULL, 0},
+	};
+	struct common_args args = {0};
+	struct ps_passphrase_src pass = {.allow_prompt = true};
+	struct ps_provision_request req = {0};
+	struct ps_provision_result res;
+	struct ps_config cfg;
+	struct ps_ca ca;
+	struct ps_db *db = NULL;
+	struct ps_err err = {""};
+	bool have_cfg = false, have_ca = false;
+	int c, i, rc = PS_EXIT_OK;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (common_option(c, &args))
+			continue;
+		switch (c) {
+		case OPT_TARGET:
+			req.target = optarg;
+			break;
+		case OPT_SERIAL:
+			req.serial = optarg;
+			break;
+		case OPT_PASSFILE:
+			pass.file = optarg;
+			break;
+		case 'h':
+			usage_provision(stdout);
+			return PS_EXIT_OK;
+		default:
+			return cli_usage_error("provision", "bad option");
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error("provision", "unexpected argument '%s'", argv[optind]);
+	if (req.target == NULL || req.serial == NULL)
+		return cli_usage_error("provision", "--target and --serial are required");
+
+	if (cli_load_config(&cfg, args.config, args.ca_dir, args.db, &err) < 0)
+		goto fail;
+	have_cfg = true;
+	if (pass.file == NULL && cfg.ca_passphrase_file[0] != '\0')
+		pass.file = cfg.ca_passphrase_file;
+	if (ps_ca_load(&ca, cfg.ca_dir, true, &pass, &err) < 0)
+		goto fail;
+	have_ca = true;
+	if (ps_db_open(cfg.database, &db, &err) < 0)
+		goto fail;
+	req.cfg = &cfg;
+	req.ca = &ca;
+	req.db = db;
+	if (ps_provision(&req, &res, &err) < 0)
+		goto fail;
+	printf("provisioned %s on %s\n"
+	       "  commonName   %s\n"
+	       "  cert serial  %s\n"
+	       "  public key   sha256:%s\n"
+	       "  data         %s\n",
+	       req.serial, req.target, res.common_name, res.cert_serial, res.pubkey_sha256,
+	       res.data_partition);
+	for (i = 0; i < res.n_written; i++)
+		printf("  wrote        %s\n", res.written[i]);
+	printf("  audit        row %lld in %s: verified\n", (long long)res.audit_id, cfg.database);
+	goto out;
+fail:
+	rc = cli_error(&err);
+out:
+	ps_db_close(db);
+	if (have_ca)
+		ps_ca_free(&ca);
+	if (have_cfg)
+		ps_config_free(&cfg);
+	return rc;
+}
+
+int cmd_verify(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		COMMON_OPTIONS,
+		{"target", required_argument, NULL, OPT_TARGET},
+		{NULL, 0, NULL, 0},
+	};
+	struct common_args args = {0};
+	struct ps_verify_result res;
+	struct ps_config cfg;
+	struct ps_ca ca;
+	struct ps_err err = {""};
+	const char *target = NULL;
+	bool have_cfg = false, have_ca = false;
+	int c, rc = PS_EXIT_OK;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (common_option(c, &args))
+			continue;
+		if (c == OPT_TARGET) {
+			target = optarg;
+		} else if (c == 'h') {
+			usage_verify(stdout);
+			return PS_EXIT_OK;
+		} else {
+			return cli_usage_error("verify", "bad option");
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error("verify", "unexpected argument '%s'", argv[optind]);
+	if (target == NULL)
+		return cli_usage_error("verify", "--target is required");
+	if (cli_load_config(&cfg, args.config, args.ca_dir, args.db, &err) < 0)
+		goto fail;
+	have_cfg = true;
+	if (ps_ca_load(&ca, cfg.ca_dir, false, NULL, &err) < 0)
+		goto fail;
+	have_ca = true;
+	if (ps_verify(&cfg, &ca, target, &res, &err) < 0)
+		goto fail;
+	printf("%s: OK\n"
+	       "  commonName   %s\n"
+	       "  cert serial  %s\n"
+	       "  public key   sha256:%s\n"
+	       "  valid until  %s\n"
+	       "  mender.conf  %d effective configuration(s) point at the key and certificate\n",
+	       target, res.common_name, res.cert_serial, res.pubkey_sha256, res.not_after,
+	       res.n_configs_checked);
+	goto out;
+fail:
+	rc = cli_error(&err);
+out:
+	if (have_ca)
+		ps_ca_free(&ca);
+	if (have_cfg)
+		ps_config_free(&cfg);
+	return rc;
+}
+
+int cmd_export(int argc, char **argv)
+{
+	enum { OPT_FORMAT = 2000, OPT_SINCE, OPT_UNTIL, OPT_STATUS, OPT_STATION, OPT_BATCH,
+	       OPT_OUT, OPT_DEVICE };
+	static const struct option opts[] = {
+		COMMON_OPTIONS,
+		{"format", required_argument, NULL, OPT_FORMAT},
+		{"since", required_argument, NULL, OPT_SINCE},
+		{"until", required_argument, NULL, OPT_UNTIL},
+		{"status", required_argument, NULL, OPT_STATUS},
+		{"station", required_argument, NULL, OPT_STATION},
+		{"batch", required_argument, NULL, OPT_BATCH},
+		{"serial", required_argument, NULL, OPT_DEVICE},
+		{"out", required_argument, NULL, OPT_OUT},
+		{NULL, 0, NULL, 0},
+	};
+	static const char *const states[] = {PS_STATE_ISSUED, PS_STATE_WRITTEN, PS_STATE_VERIFIED,
+					     PS_STATE_FAILED, PS_STATE_SUPERSEDED,
+					     PS_STATE_REVOKED};
+	struct common_args args = {0};
+	struct ps_db_filter filter = {0};
+	enum ps_export_format format = PS_EXPORT_CSV;
+	const char *format_name = NULL, *out_path = NULL;
+	struct ps_config cfg;
+	struct ps_db *db = NULL;
+	struct ps_err err = {""};
+	FILE *out = stdout;
+	bool have_cfg = false;
+	long count = 0;
+	size_t i;
+	int c, rc = PS_EXIT_OK;
+
+	optind = 0;
+	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (common_option(c, &args))
+			continue;
+		switch (c) {
+		case OPT_FORMAT:
+			format_name = optarg;
+			break;
+		case OPT_SINCE:
+		case OPT_UNTIL:
+			if (ps_parse_time(optarg, c == OPT_SINCE ? &filter.since : &filter.until,
+					  &err) < 0)
+				return cli_error(&err);
+			break;
+		case OPT_STATUS:
+			filter.state = optarg;
+			break;
+		case OPT_STATION:
+			filter.station_id = optarg;
+			break;
+		case OPT_BATCH:
+			filter.batch = optarg;
+			break;
+		case OPT_DEVICE:
+			filter.device_serial = optarg;
+			break;
+		case OPT_OUT:
+			out_path = optarg;
+			break;
+		case 'h':
+			usage_export(stdout);
+			return PS_EXIT_OK;
+		default:
+			return cli_usage_error("export", "bad option");
+		}
+	}
+	if (optind < argc)
+		return cli_usage_error("export", "unexpected argument '%s'", argv[optind]);
+	if (format_name == NULL)
+		return cli_usage_error("export", "--format is required");
+	if (ps_export_format_parse(format_name, &format, &err) < 0)
+		return cli_error(&err);
+	for (i = 0; filter.state != NULL && i < PS_ARRAY_SIZE(states); i++)
+		if (strcmp(filter.state, states[i]) == 0)
+			break;
+	if (filter.state != NULL && i == PS_ARRAY_SIZE(states))
+		return cli_usage_error("export",
+				       "unknown status '%s' (issued, written, verified, failed, "
+				       "superseded, revoked)",
+				       filter.state);
+	if (cli_load_config(&cfg, args.config, args.ca_dir, args.db, &err) < 0)
+		goto fail;
+	have_cfg = true;
+	if (ps_db_open(cfg.database, &db, &err) < 0)
+		goto fail;
+	if (out_path != NULL && (out = fopen(out_path, "w")) == NULL) {
+		ps_fail(&err, PS_EIO, "%s: cannot write it", out_path);
+		out = stdout;
+		goto fail;
+	}
+	if (ps_export(db, &filter, format, out, &count, &err) < 0)
+		goto fail;
+	if (out_path != NULL)
+		fprintf(stderr, "exported %ld rows to %s\n", count, out_path);
+	goto out;
+fail:
+	rc = cli_error(&err);
+out:
+	if (out != stdout && fclose(out) != 0 && rc == PS_EXIT_OK)
+		rc = cli_error(&(struct ps_err){"writing the export failed"});
+	ps_db_close(db);
+	if (have_cfg)
+		ps_config_free(&cfg);
+	return rc;
+}
