@@ -14,6 +14,7 @@ static const struct ps_command commands[] = {
 	{"provision", cmd_provision, "personalize a Mender image or disk for one device"},
 	{"verify", cmd_verify, "check a personalized image against the CA"},
 	{"export", cmd_export, "print the audit rows as CSV or JSON lines"},
+	{"demo", cmd_demo, "create a demo workspace and provision a sample image"},
 
 	{"help", cmd_help, "list the commands"},
 	{"version", cmd_version, "print the version"},
