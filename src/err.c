@@ -7,6 +7,9 @@
 #include <string.h>
 
 static void format_into(struct ps_err *err, const char *fmt, va_list ap)
+	__attribute__((format(printf, 2, 0)));
+
+static void format_into(struct ps_err *err, const char *fmt, va_list ap)
 {
 	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
 }
