@@ -155,6 +155,8 @@ int ps_db_open(const char *path, struct ps_db **out, struct ps_err *err)
 		goto out;
 	}
 	sqlite3_busy_timeout(db->sql, 5000);
+	/* Leave checkpoints to SQLite's automatic ones: closing stays cheap. */
+	sqlite3_db_config(db->sql, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, NULL);
 	sqlite3_extended_result_codes(db->sql, 0);
 	rc = exec(db, "PRAGMA journal_mode = WAL", err);
 	if (rc == 0)

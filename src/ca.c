@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
+#include <openssl/decoder.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -411,16 +412,46 @@ int ps_cert_to_pem(X509 *cert, char **out, struct ps_err *err)
 	return rc;
 }
 
-int ps_pubkey_to_pem(EVP_PKEY *key, char **out, struct ps_err *err)
+/* The certificate's SubjectPublicKeyInfo as DER. It is serialized from the certificate's own
+ * encoding, which spares OpenSSL 3's key encoders (the costliest step of issuing). */
+static int cert_spki_der(X509 *cert, unsigned char **der, int *len, struct ps_err *err)
 {
-	BIO *bio = BIO_new(BIO_s_mem());
-	int rc;
+	*der = NULL;
+	*len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), der);
+	if (*len <= 0)
+		return ps_fail_ssl(err, PS_ECRYPTO, "encoding a public key failed");
+	return 0;
+}
 
-	if (bio == NULL || !PEM_write_bio_PUBKEY(bio, key))
+int ps_cert_pubkey_pem(X509 *cert, char **out, struct ps_err *err)
+{
+	unsigned char *der = NULL;
+	BIO *bio = NULL;
+	int len = 0;
+	int rc = cert_spki_der(cert, &der, &len, err);
+
+	if (rc < 0)
+		goto out;
+	bio = BIO_new(BIO_s_mem());
+	if (bio == NULL || PEM_write_bio(bio, PEM_STRING_PUBLIC, "", der, len) <= 0)
 		rc = ps_fail_ssl(err, PS_ECRYPTO, "encoding a public key failed");
 	else
 		rc = bio_to_string(bio, out, NULL, err);
+out:
 	BIO_free(bio);
+	OPENSSL_free(der);
+	return rc;
+}
+
+int ps_cert_pubkey_sha256(X509 *cert, char out[65], struct ps_err *err)
+{
+	unsigned char *der = NULL;
+	int len = 0;
+	int rc = cert_spki_der(cert, &der, &len, err);
+
+	if (rc == 0)
+		rc = ps_sha256_hex(der, (size_t)len, out, err);
+	OPENSSL_free(der);
 	return rc;
 }
 
@@ -441,19 +472,6 @@ static int private_key_to_pem(EVP_PKEY *key, char **out, size_t *out_len, struct
 		OPENSSL_cleanse(mem->data, mem->length);
 out:
 	BIO_free(bio);
-	return rc;
-}
-
-int ps_pubkey_sha256(EVP_PKEY *key, char out[65], struct ps_err *err)
-{
-	unsigned char *der = NULL;
-	int len = i2d_PUBKEY(key, &der);
-	int rc;
-
-	if (len <= 0)
-		return ps_fail_ssl(err, PS_ECRYPTO, "encoding a public key failed");
-	rc = ps_sha256_hex(der, (size_t)len, out, err);
-	OPENSSL_free(der);
 	return rc;
 }
 
@@ -490,16 +508,38 @@ int ps_cert_from_pem(const char *pem, size_t len, X509 **out, struct ps_err *err
 	return 0;
 }
 
-int ps_key_from_pem(const char *pem, size_t len, EVP_PKEY **out, struct ps_err *err)
+/* Decode a PEM private key. Naming the key type (from the matching certificate) spares
+ * OpenSSL 3 from building decoders for every key type, which dominates the cost. */
+static EVP_PKEY *decode_private_key(const char *pem, size_t len, const char *keytype,
+				    pem_password_cb *cb, void *user)
 {
-	static char no_passphrase[] = "";
-	BIO *bio = BIO_new_mem_buf(pem, (int)len);
+	const unsigned char *data = (const unsigned char *)pem;
+	size_t left = len;
+	EVP_PKEY *key = NULL;
+	OSSL_DECODER_CTX *ctx = OSSL_DECODER_CTX_new_for_pkey(&key, "PEM", NULL, keytype,
+							      EVP_PKEY_KEYPAIR, NULL, NULL);
 
-	/* An empty passphrase: an encrypted key is refused, never prompted for. */
-	*out = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, no_passphrase) : NULL;
-	BIO_free(bio);
+	if (ctx == NULL || (cb != NULL && !OSSL_DECODER_CTX_set_pem_password_cb(ctx, cb, user)) ||
+	    !OSSL_DECODER_from_data(ctx, &data, &left)) {
+		EVP_PKEY_free(key);
+		key = NULL;
+	}
+	OSSL_DECODER_CTX_free(ctx);
+	return key;
+}
+
+static int no_passphrase_cb(char *buf, int size, int rwflag, void *user)
+{
+	return -1; /* an encrypted key is refused, never prompted for */
+}
+
+int ps_key_from_pem(const char *pem, size_t len, const char *keytype, EVP_PKEY **out,
+		    struct ps_err *err)
+{
+	*out = decode_private_key(pem, len, keytype, no_passphrase_cb, NULL);
 	if (*out == NULL)
-		return ps_fail_ssl(err, PS_EINVAL, "not an unencrypted PEM private key");
+		return ps_fail_ssl(err, PS_EINVAL, "not an unencrypted PEM %s private key",
+				   keytype ? keytype : "");
 	return 0;
 }
 
@@ -512,9 +552,9 @@ static int describe_issued(struct ps_issued *out, struct ps_err *err)
 	if (rc == 0)
 		rc = ps_cert_to_pem(out->cert, &out->cert_pem, err);
 	if (rc == 0)
-		rc = ps_pubkey_to_pem(out->key, &out->pubkey_pem, err);
+		rc = ps_cert_pubkey_pem(out->cert, &out->pubkey_pem, err);
 	if (rc == 0)
-		rc = ps_pubkey_sha256(out->key, out->pubkey_sha256, err);
+		rc = ps_cert_pubkey_sha256(out->cert, out->pubkey_sha256, err);
 	if (rc == 0)
 		rc = ps_cert_serial_hex(out->cert, out->serial_hex, sizeof(out->serial_hex), err);
 	out->not_before = asn1_to_time(X509_get0_notBefore(out->cert));
@@ -768,9 +808,9 @@ int ps_ca_load(struct ps_ca *ca, const char *dir, bool want_key,
 	rc = ps_read_file(key_path, 1 << 20, &key_pem, &key_len, err);
 	if (rc < 0)
 		goto out;
-	bio = BIO_new_mem_buf(key_pem, (int)key_len);
-	if (bio != NULL)
-		ca->key = PEM_read_bio_PrivateKey(bio, NULL, passphrase_cb, &pctx);
+	ca->key = decode_private_key(key_pem, key_len,
+				     EVP_PKEY_get0_type_name(X509_get0_pubkey(ca->cert)),
+				     passphrase_cb, &pctx);
 	if (ca->key == NULL) {
 		if (pctx.rc < 0)
 			rc = pctx.rc;

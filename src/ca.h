@@ -98,11 +98,14 @@ int ps_subject_parse(const char *subject, X509_NAME *name, bool allow_cn, struct
 
 /* PEM helpers. */
 int ps_cert_to_pem(X509 *cert, char **out, struct ps_err *err);
-int ps_pubkey_to_pem(EVP_PKEY *key, char **out, struct ps_err *err);
-int ps_pubkey_sha256(EVP_PKEY *key, char out[65], struct ps_err *err);
+/* The certificate's public key as SPKI PEM ("BEGIN PUBLIC KEY") and the SHA-256 of its DER. */
+int ps_cert_pubkey_pem(X509 *cert, char **out, struct ps_err *err);
+int ps_cert_pubkey_sha256(X509 *cert, char out[65], struct ps_err *err);
 int ps_cert_serial_hex(X509 *cert, char *out, size_t out_len, struct ps_err *err);
 int ps_cert_from_pem(const char *pem, size_t len, X509 **out, struct ps_err *err);
-int ps_key_from_pem(const char *pem, size_t len, EVP_PKEY **out, struct ps_err *err);
+/* keytype ("EC", "ED25519", "RSA") narrows the decoding; NULL accepts any. */
+int ps_key_from_pem(const char *pem, size_t len, const char *keytype, EVP_PKEY **out,
+		    struct ps_err *err);
 
 /* Check that cert chains to the CA and is valid for purpose (X509_PURPOSE_SSL_CLIENT ...)
  * at the station's time. */

@@ -47,6 +47,18 @@ void ps_partition_describe(const struct ps_partition *part, char *out, size_t ou
 		 part->label);
 }
 
+/* The filesystems worth telling apart on a device's disk; probing only for these keeps
+ * discovery fast. Anything else shows as unformatted. */
+static char fs_type_names[][10] = {"ext2",     "ext3",  "ext4", "jbd",  "vfat",
+				   "swap",     "btrfs", "xfs",	"f2fs", "squashfs",
+				   "erofs",    "ntfs",	"exfat"};
+static char *fs_types[] = {
+	fs_type_names[0], fs_type_names[1], fs_type_names[2],  fs_type_names[3],
+	fs_type_names[4], fs_type_names[5], fs_type_names[6],  fs_type_names[7],
+	fs_type_names[8], fs_type_names[9], fs_type_names[10], fs_type_names[11],
+	fs_type_names[12], NULL,
+};
+
 /* Probe the filesystem inside one partition. */
 static int probe_filesystem(int fd, struct ps_partition *part)
 {
@@ -61,6 +73,7 @@ static int probe_filesystem(int fd, struct ps_partition *part)
 		goto out;
 	blkid_probe_enable_superblocks(pr, 1);
 	blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_LABEL);
+	blkid_probe_filter_superblocks_type(pr, BLKID_FLTR_ONLYIN, fs_types);
 	blkid_probe_enable_partitions(pr, 0);
 	if (blkid_do_safeprobe(pr) == 0) {
 		if (blkid_probe_lookup_value(pr, "TYPE", &value, NULL) == 0)

@@ -79,35 +79,38 @@ static void conf_file_close(struct conf_file *cf)
 	cf->conf = NULL;
 }
 
-static void plan_free(struct plan *plan)
+/* Close the filesystems and forget what was read from them; the target stays open. */
+static void plan_close_fs(struct plan *plan)
 {
 	int i;
 
 	conf_file_close(&plan->data);
 	for (i = 0; i < plan->n_roots; i++)
 		conf_file_close(&plan->roots[i]);
+	memset(plan->roots, 0, sizeof(plan->roots));
+	plan->n_roots = 0;
+	free(plan->server_cert_pem);
+	plan->server_cert_pem = NULL;
+	plan->server_cert_len = 0;
+}
+
+static void plan_free(struct plan *plan)
+{
+	plan_close_fs(plan);
 	if (plan->img_open)
 		ps_image_close(&plan->img);
-	free(plan->server_cert_pem);
 	memset(plan, 0, sizeof(*plan));
 }
 
-/* Open the target, its data partition and its root filesystems, and read their mender.conf.
- * Root filesystems are opened for writing only when the configuration goes there. */
-static int plan_open(struct plan *plan, const struct ps_config *cfg, const char *target,
-		     bool writable, struct ps_err *err)
+/* Open the data partition and the root filesystems of an open target and read their
+ * mender.conf. Root filesystems are opened for writing only when the configuration goes there. */
+static int plan_open_fs(struct plan *plan, const struct ps_config *cfg, bool writable,
+			struct ps_err *err)
 {
-	struct ps_layout_hint hint = {cfg->data_partition, cfg->rootfs_partitions,
-				      cfg->n_rootfs_partitions};
 	bool roots_writable = writable && cfg->conf_target == PS_CONF_TARGET_ROOTFS;
 	int i, rc;
 
-	memset(plan, 0, sizeof(*plan));
-	set_settings(plan, cfg);
-	rc = ps_image_open(&plan->img, target, writable, &hint, err);
-	if (rc < 0)
-		return rc;
-	plan->img_open = true;
+	memset(&plan->data, 0, sizeof(plan->data));
 	plan->data.part = &plan->img.parts[plan->img.data];
 	rc = ps_fs_open(&plan->img, plan->data.part, writable, &plan->data.fs, err);
 	if (rc == 0)
@@ -143,6 +146,23 @@ static int plan_open(struct plan *plan, const struct ps_config *cfg, const char 
 		X509_free(cert);
 	}
 	return rc;
+}
+
+/* Open the target, discover its layout and open its filesystems. */
+static int plan_open(struct plan *plan, const struct ps_config *cfg, const char *target,
+		     bool writable, struct ps_err *err)
+{
+	struct ps_layout_hint hint = {cfg->data_partition, cfg->rootfs_partitions,
+				      cfg->n_rootfs_partitions};
+	int rc;
+
+	memset(plan, 0, sizeof(*plan));
+	set_settings(plan, cfg);
+	rc = ps_image_open(&plan->img, target, writable, &hint, err);
+	if (rc < 0)
+		return rc;
+	plan->img_open = true;
+	return plan_open_fs(plan, cfg, writable, err);
 }
 
 /* The files the data partition receives. key/cert may be placeholders of the right size. */
@@ -315,6 +335,142 @@ static void record_failure(const struct ps_provision_request *req, int64_t id,
 		ps_db_set_state(req->db, id, PS_STATE_FAILED, why->msg, ctx, NULL);
 }
 
+/* Check a file's mode and owner. */
+static int check_mode(struct ps_fs *fs, const char *path, unsigned want, struct ps_err *err)
+{
+	struct ps_fs_stat st;
+	int rc = ps_fs_stat(fs, path, &st, err);
+
+	if (rc < 0)
+		return rc;
+	if (!st.is_regular || st.mode != want || st.uid != 0 || st.gid != 0)
+		return ps_fail(err, PS_EINVAL,
+			       "%s has mode %04o owner %u:%u, expected a regular file with mode "
+			       "%04o owner 0:0",
+			       path, st.mode, st.uid, st.gid, want);
+	return 0;
+}
+
+/* Compare what was read back with what was written. */
+static int same_bytes(const char *what, const char *got, size_t got_len, const char *want,
+		      size_t want_len, struct ps_err *err)
+{
+	if (got_len != want_len || memcmp(got, want, want_len) != 0)
+		return ps_fail(err, PS_EIO, "%s read back differs from what was written", what);
+	return 0;
+}
+
+/* Check what a plan's open filesystems hold: the verification proper. With expect (the
+ * pipeline's own issuance), the files must read back byte for byte as issued and the
+ * cryptographic checks run on the issued objects; without it (provstation verify) the
+ * files are parsed. */
+static int verify_plan(struct plan *plan, struct ps_ca *ca, const struct ps_issued *expect,
+		       struct ps_verify_result *res, struct ps_err *err)
+{
+	char *key_pem = NULL, *cert_pem = NULL, *server_pem = NULL;
+	size_t key_len = 0, cert_len = 0, server_len = 0;
+	EVP_PKEY *key_owned = NULL, *key = NULL;
+	X509 *cert_owned = NULL, *cert = NULL;
+	json_t *effective = NULL;
+	int i, rc;
+
+	memset(res, 0, sizeof(*res));
+	rc = check_mode(plan->data.fs, PS_DATA_DIR "/" PS_KEY_NAME, 0600, err);
+	if (rc == 0)
+		rc = check_mode(plan->data.fs, PS_DATA_DIR "/" PS_CERT_NAME, 0644, err);
+	if (rc == 0)
+		rc = ps_fs_read(plan->data.fs, PS_DATA_DIR "/" PS_KEY_NAME, 1 << 16, &key_pem,
+				&key_len, err);
+	if (rc == 0)
+		rc = ps_fs_read(plan->data.fs, PS_DATA_DIR "/" PS_CERT_NAME, 1 << 16, &cert_pem,
+				&cert_len, err);
+	if (rc == 0 && expect != NULL) {
+		rc = same_bytes(PS_KEY_NAME, key_pem, key_len, expect->key_pem,
+				expect->key_pem_len, err);
+		if (rc == 0)
+			rc = same_bytes(PS_CERT_NAME, cert_pem, cert_len, expect->cert_pem,
+					strlen(expect->cert_pem), err);
+		cert = expect->cert;
+		key = expect->key;
+	} else if (rc == 0) {
+		rc = ps_cert_from_pem(cert_pem, cert_len, &cert_owned, err);
+		if (rc == 0)
+			rc = ps_key_from_pem(key_pem, key_len,
+					     EVP_PKEY_get0_type_name(X509_get0_pubkey(cert_owned)),
+					     &key_owned, err);
+		cert = cert_owned;
+		key = key_owned;
+	}
+	if (rc < 0)
+		goto out;
+	if (X509_check_private_key(cert, key) != 1) {
+		rc = ps_fail(err, PS_EINVAL, "the device key in the image does not match its "
+					     "certificate");
+		goto out;
+	}
+	rc = ps_cert_verify(ca, cert, X509_PURPOSE_SSL_CLIENT, err);
+	if (rc == 0 && plan->server_cert_pem != NULL) {
+		rc = check_mode(plan->data.fs, PS_DATA_DIR "/" PS_SERVER_CERT_NAME, 0644, err);
+		if (rc == 0)
+			rc = ps_fs_read(plan->data.fs, PS_DATA_DIR "/" PS_SERVER_CERT_NAME, CONF_MAX,
+					&server_pem, &server_len, err);
+		if (rc == 0)
+			rc = same_bytes(PS_SERVER_CERT_NAME, server_pem, server_len,
+					plan->server_cert_pem, plan->server_cert_len, err);
+	}
+	if (rc < 0)
+		goto out;
+	/* The client's view: the data partition's file, then each root filesystem's over it. */
+	for (i = 0; rc == 0 && i < plan->n_roots; i++) {
+		effective = ps_menderconf_effective(plan->data.conf, plan->roots[i].conf);
+		rc = effective ? ps_menderconf_check_effective(effective, &plan->settings,
+							       plan->roots[i].name, err)
+			       : ps_fail(err, PS_ENOMEM, "out of memory");
+		json_decref(effective);
+		effective = NULL;
+		res->n_configs_checked++;
+	}
+	if (rc == 0 && plan->n_roots == 0) {
+		rc = ps_menderconf_check_effective(plan->data.conf, &plan->settings, plan->data.name,
+						   err);
+		res->n_configs_checked++;
+	}
+	if (rc < 0)
+		goto out;
+	snprintf(res->common_name, sizeof(res->common_name), "%s", "");
+	X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, res->common_name,
+				  sizeof(res->common_name));
+	rc = ps_cert_serial_hex(cert, res->cert_serial, sizeof(res->cert_serial), err);
+	if (rc == 0)
+		rc = ps_cert_pubkey_sha256(cert, res->pubkey_sha256, err);
+	if (rc == 0) {
+		const ASN1_TIME *na = X509_get0_notAfter(cert);
+		struct tm tm;
+
+		if (ASN1_TIME_to_tm(na, &tm) == 1)
+			ps_format_time(timegm(&tm), res->not_after);
+	}
+out:
+	EVP_PKEY_free(key_owned);
+	X509_free(cert_owned);
+	ps_free_secret(key_pem, key_len);
+	free(cert_pem);
+	free(server_pem);
+	return rc;
+}
+
+int ps_verify(const struct ps_config *cfg, struct ps_ca *ca, const char *target,
+	      struct ps_verify_result *res, struct ps_err *err)
+{
+	struct plan plan;
+	int rc = plan_open(&plan, cfg, target, false, err);
+
+	if (rc == 0)
+		rc = verify_plan(&plan, ca, NULL, res, err);
+	plan_free(&plan);
+	return rc;
+}
+
 int ps_provision(const struct ps_provision_request *req, struct ps_provision_result *res,
 		 struct ps_err *err)
 {
@@ -380,10 +536,13 @@ int ps_provision(const struct ps_provision_request *req, struct ps_provision_res
 		record_failure(req, res->audit_id, &ctx, err);
 		goto out;
 	}
-	plan_free(&plan);
+	plan_close_fs(&plan);
 
+	/* Read everything back through freshly opened filesystems on the same target. */
 	emit(req, PS_STAGE_VERIFYING);
-	rc = ps_verify(cfg, req->ca, req->target, &verified, err);
+	rc = plan_open_fs(&plan, cfg, false, err);
+	if (rc == 0)
+		rc = verify_plan(&plan, req->ca, &issued, &verified, err);
 	if (rc == 0 && strcmp(verified.cert_serial, issued.serial_hex) != 0)
 		rc = ps_fail(err, PS_EIO, "read back certificate %s, expected %s",
 			     verified.cert_serial, issued.serial_hex);
@@ -398,99 +557,5 @@ int ps_provision(const struct ps_provision_request *req, struct ps_provision_res
 out:
 	plan_free(&plan);
 	ps_issued_free(&issued);
-	return rc;
-}
-
-/* Check a file's mode and owner. */
-static int check_mode(struct ps_fs *fs, const char *path, unsigned want, struct ps_err *err)
-{
-	struct ps_fs_stat st;
-	int rc = ps_fs_stat(fs, path, &st, err);
-
-	if (rc < 0)
-		return rc;
-	if (!st.is_regular || st.mode != want || st.uid != 0 || st.gid != 0)
-		return ps_fail(err, PS_EINVAL,
-			       "%s has mode %04o owner %u:%u, expected a regular file with mode "
-			       "%04o owner 0:0",
-			       path, st.mode, st.uid, st.gid, want);
-	return 0;
-}
-
-int ps_verify(const struct ps_config *cfg, struct ps_ca *ca, const char *target,
-	      struct ps_verify_result *res, struct ps_err *err)
-{
-	struct plan plan;
-	char *key_pem = NULL, *cert_pem = NULL;
-	size_t key_len = 0, cert_len = 0;
-	EVP_PKEY *key = NULL;
-	X509 *cert = NULL;
-	json_t *effective = NULL;
-	int i, rc;
-
-	memset(res, 0, sizeof(*res));
-	rc = plan_open(&plan, cfg, target, false, err);
-	if (rc == 0)
-		rc = check_mode(plan.data.fs, PS_DATA_DIR "/" PS_KEY_NAME, 0600, err);
-	if (rc == 0)
-		rc = check_mode(plan.data.fs, PS_DATA_DIR "/" PS_CERT_NAME, 0644, err);
-	if (rc == 0)
-		rc = ps_fs_read(plan.data.fs, PS_DATA_DIR "/" PS_KEY_NAME, 1 << 16, &key_pem,
-				&key_len, err);
-	if (rc == 0)
-		rc = ps_fs_read(plan.data.fs, PS_DATA_DIR "/" PS_CERT_NAME, 1 << 16, &cert_pem,
-				&cert_len, err);
-	if (rc == 0)
-		rc = ps_key_from_pem(key_pem, key_len, &key, err);
-	if (rc == 0)
-		rc = ps_cert_from_pem(cert_pem, cert_len, &cert, err);
-	if (rc < 0)
-		goto out;
-	if (X509_check_private_key(cert, key) != 1) {
-		rc = ps_fail(err, PS_EINVAL, "the device key in the image does not match its "
-					     "certificate");
-		goto out;
-	}
-	rc = ps_cert_verify(ca, cert, X509_PURPOSE_SSL_CLIENT, err);
-	if (rc == 0 && plan.server_cert_pem != NULL)
-		rc = check_mode(plan.data.fs, PS_DATA_DIR "/" PS_SERVER_CERT_NAME, 0644, err);
-	if (rc < 0)
-		goto out;
-	/* The client's view: the data partition's file, then each root filesystem's over it. */
-	for (i = 0; rc == 0 && i < plan.n_roots; i++) {
-		effective = ps_menderconf_effective(plan.data.conf, plan.roots[i].conf);
-		rc = effective ? ps_menderconf_check_effective(effective, &plan.settings,
-							       plan.roots[i].name, err)
-			       : ps_fail(err, PS_ENOMEM, "out of memory");
-		json_decref(effective);
-		effective = NULL;
-		res->n_configs_checked++;
-	}
-	if (rc == 0 && plan.n_roots == 0) {
-		rc = ps_menderconf_check_effective(plan.data.conf, &plan.settings, plan.data.name,
-						   err);
-		res->n_configs_checked++;
-	}
-	if (rc < 0)
-		goto out;
-	snprintf(res->common_name, sizeof(res->common_name), "%s", "");
-	X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, res->common_name,
-				  sizeof(res->common_name));
-	rc = ps_cert_serial_hex(cert, res->cert_serial, sizeof(res->cert_serial), err);
-	if (rc == 0)
-		rc = ps_pubkey_sha256(key, res->pubkey_sha256, err);
-	if (rc == 0) {
-		const ASN1_TIME *na = X509_get0_notAfter(cert);
-		struct tm tm;
-
-		if (ASN1_TIME_to_tm(na, &tm) == 1)
-			ps_format_time(timegm(&tm), res->not_after);
-	}
-out:
-	EVP_PKEY_free(key);
-	X509_free(cert);
-	ps_free_secret(key_pem, key_len);
-	free(cert_pem);
-	plan_free(&plan);
 	return rc;
 }
