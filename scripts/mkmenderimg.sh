@@ -76,12 +76,13 @@ usage_die() { printf '%s: %s (try --help)\n' "$prog" "$*" >&2; exit 2; }
 
 # ---------------------------------------------------------------- options
 table=mbr boot=yes rootfs_b=empty extra=no size=128 data_label=data
-main_conf= data_conf= no_main_conf=0 no_data_conf=0 out=
+main_conf='' data_conf='' no_main_conf=0 no_data_conf=0 out=''
 
 need_arg() { [ "$2" -ge 2 ] || usage_die "option $1 needs a value"; }
 while [ $# -gt 0 ]; do
     opt=$1
     case $opt in
+        --no-*=*|--help=*) usage_die "option ${opt%%=*} takes no value" ;;
         --*=*) set -- "${opt%%=*}" "${opt#*=}" "${@:2}"; continue ;;
     esac
     case $opt in
@@ -103,7 +104,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 if [ $# -gt 0 ]; then
-    [ -z "$out" ] && [ $# -eq 1 ] || usage_die "more than one OUTPUT given"
+    if [ -n "$out" ] || [ $# -ne 1 ]; then usage_die "more than one OUTPUT given"; fi
     out=$1
 fi
 [ -n "$out" ] || usage_die "no OUTPUT image given"
@@ -224,10 +225,15 @@ outdir=$(dirname -- "$out")
 [ -d "$outdir" ] || die "directory $outdir does not exist"
 out_tmp=$(mktemp "$outdir/.mkmenderimg.XXXXXX") || die "cannot create a file in $outdir"
 
-# run CMD...: output kept in a log; on failure die with its last line
+# run CMD...: output kept aside; on failure die with the last line of its
+# stderr that is not a version banner (else the last line of its stdout)
 run() {
-    if ! "$@" >"$tmp/log" 2>&1; then
-        die "$1 failed: $(grep -v '^[[:space:]]*$' "$tmp/log" | tail -n 1)"
+    local msg rc=0
+    "$@" >"$tmp/out" 2>"$tmp/err" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        msg=$(grep -v -E '^[[:space:]]*$|^[[:alnum:]._-]+ [0-9][0-9.]* \(' "$tmp/err" | tail -n 1)
+        [ -n "$msg" ] || msg=$(grep -v '^[[:space:]]*$' "$tmp/out" | tail -n 1)
+        die "$1 failed: ${msg:-exit status $rc}"
     fi
 }
 
@@ -307,9 +313,7 @@ find "$root" "$data" "$tmp/empty" -exec touch -h -d "@$epoch" {} +
 run truncate -s "$((size * MiB))" "$out_tmp"
 printf 'label: %s\nunit: sectors\n' "$([ "$table" = gpt ] && echo gpt || echo dos)" >"$tmp/table"
 printf '%s\n' "${sfd[@]}" >>"$tmp/table"
-if ! sfdisk -q --no-reread --no-tell-kernel "$out_tmp" <"$tmp/table" >"$tmp/log" 2>&1; then
-    die "sfdisk failed: $(grep -v '^[[:space:]]*$' "$tmp/log" | tail -n 1)"
-fi
+run sfdisk -q --no-reread --no-tell-kernel "$out_tmp" <"$tmp/table"
 
 # mkext4 START_MIB SIZE_MIB LABEL SRCDIR UUID HASHSEED
 mkext4() {
@@ -323,11 +327,11 @@ mkext4() {
         printf 'sif %s uid 0\nsif %s gid 0\n' "$p" "$p"
     done >"$tmp/sif"
     printf 'sif /lost+found uid 0\nsif /lost+found gid 0\n' >>"$tmp/sif"
-    if ! debugfs -w -f "$tmp/sif" "$out_tmp?offset=$off" >/dev/null 2>"$tmp/log"; then
-        die "debugfs failed: $(tail -n 1 "$tmp/log")"
-    fi
-    if grep -v '^debugfs [0-9]' "$tmp/log" | grep -q .; then
-        die "debugfs: $(grep -v '^debugfs [0-9]' "$tmp/log" | head -n 1)"
+    # debugfs exits 0 even when a command fails: any stderr line but its
+    # banner is an error
+    run debugfs -w -f "$tmp/sif" "$out_tmp?offset=$off"
+    if grep -v -E '^debugfs [0-9]' "$tmp/err" | grep -q .; then
+        die "debugfs: $(grep -v -E '^debugfs [0-9]' "$tmp/err" | head -n 1)"
     fi
 }
 
@@ -336,8 +340,15 @@ for p in "${parts[@]}"; do
     [ "$label" = - ] && label=
     case $role:$fstype in
         boot:vfat)
-            run mkfs.vfat --mbr=n --offset="$((start * 2048))" -h "$((start * 2048))" \
-                -n BOOT "$out_tmp" "$((psize * 1024))" ;;
+            # FAT type and geometry given explicitly: left alone, mkfs.vfat
+            # decides them from the size of the whole image file (FAT32
+            # and 255/63 on a large image, which then fails or trims the
+            # filesystem to a track multiple); 64/32 = 1 MiB cylinders.
+            fat=16
+            [ "$psize" -lt 16 ] && fat=12
+            run mkfs.vfat -F "$fat" -g 64/32 --mbr=n -n BOOT \
+                --offset="$((start * 2048))" -h "$((start * 2048))" \
+                "$out_tmp" "$((psize * 1024))" ;;
         rootfsA:ext4)
             uuid_a=$(uuid) seed_a=$(uuid)
             mkext4 "$start" "$psize" "" "$root" "$uuid_a" "$seed_a" ;;

@@ -7,10 +7,12 @@
 #include "util.h"
 
 #include <getopt.h>
+#include <syslog.h>
 #include <stdio.h>
 #include <string.h>
 
-enum { OPT_CONFIG = 1000, OPT_CA_DIR, OPT_DB, OPT_PASSFILE, OPT_TARGET, OPT_SERIAL };
+enum { OPT_CONFIG = 1000, OPT_CA_DIR, OPT_DB, OPT_PASSFILE, OPT_TARGET, OPT_SERIAL,
+       OPT_ALLOW_UNLISTED, OPT_ALLOW_FIXED };
 
 #define COMMON_OPTIONS                                                                         \
 	{"config", required_argument, NULL, OPT_CONFIG},                                       \
@@ -44,11 +46,17 @@ static void usage_provision(FILE *out)
 	fprintf(out,
 		"usage: provstation provision --target PATH --serial SERIAL [--config FILE]\n"
 		"                             [--ca-dir DIR] [--db FILE] [--passphrase-file F]\n"
+		"                             [--allow-unlisted] [--allow-fixed-disk]\n"
 		"\n"
 		"Personalize one device: PATH is a Mender disk image (.sdimg, .uefiimg, .img) or\n"
 		"a whole-disk block device. Issues a key and a client certificate signed by the CA,\n"
 		"records them in the audit database, writes them with the merged mender.conf into\n"
-		"the data partition in place, and verifies by reading everything back.\n");
+		"the data partition in place, and verifies by reading everything back.\n"
+		"\n"
+		"A block device passes the safety gate first: no partition of it mounted, not\n"
+		"the system's disk, no swap, no LVM/md/dm holder, not write-protected, removable\n"
+		"or on USB/MMC (--allow-fixed-disk overrides), and a station slot\n"
+		"(--allow-unlisted overrides). Refusals are logged to syslog.\n");
 }
 
 static void usage_verify(FILE *out)
@@ -82,6 +90,8 @@ int cmd_provision(int argc, char **argv)
 		{"target", required_argument, NULL, OPT_TARGET},
 		{"serial", required_argument, NULL, OPT_SERIAL},
 		{"passphrase-file", required_argument, NULL, OPT_PASSFILE},
+		{"allow-unlisted", no_argument, NULL, OPT_ALLOW_UNLISTED},
+		{"allow-fixed-disk", no_argument, NULL, OPT_ALLOW_FIXED},
 		{NULL, 0, NULL, 0},
 	};
 	struct common_args args = {0};
@@ -109,6 +119,12 @@ int cmd_provision(int argc, char **argv)
 		case OPT_PASSFILE:
 			pass.file = optarg;
 			break;
+		case OPT_ALLOW_UNLISTED:
+			req.allow_unlisted = true;
+			break;
+		case OPT_ALLOW_FIXED:
+			req.safety.allow_fixed = true;
+			break;
 		case 'h':
 			usage_provision(stdout);
 			return PS_EXIT_OK;
@@ -134,7 +150,10 @@ int cmd_provision(int argc, char **argv)
 	req.cfg = &cfg;
 	req.ca = &ca;
 	req.db = db;
-	if (ps_provision(&req, &res, &err) < 0)
+	rc = ps_provision(&req, &res, &err);
+	if (rc == PS_EUNSAFE)
+		syslog(LOG_WARNING, "provstation: refused to write %s: %s", req.target, err.msg);
+	if (rc < 0)
 		goto fail;
 	printf("provisioned %s on %s\n"
 	       "  commonName   %s\n"

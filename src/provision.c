@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define CONF_MAX (1 << 20)
 
@@ -328,6 +329,23 @@ static int plan_commit(struct plan *plan, struct ps_err *err)
 	return rc;
 }
 
+/* The safety gate, before the target is even opened for writing. */
+static int gate(const struct ps_provision_request *req, struct ps_err *err)
+{
+	struct stat st;
+	int rc = ps_safety_check(req->target, &req->safety, NULL, err);
+
+	if (rc < 0)
+		return rc;
+	if (stat(req->target, &st) == 0 && S_ISBLK(st.st_mode) && !req->target_is_slot &&
+	    !req->allow_unlisted)
+		return ps_fail(err, PS_EUNSAFE,
+			       "%s is not a configured station slot; refusing to write it "
+			       "(--allow-unlisted overrides)",
+			       req->target);
+	return 0;
+}
+
 static void record_failure(const struct ps_provision_request *req, int64_t id,
 			   const struct ps_audit_context *ctx, const struct ps_err *why)
 {
@@ -496,7 +514,9 @@ int ps_provision(const struct ps_provision_request *req, struct ps_provision_res
 		ps_prefix(err, rc, "serial '%s'", req->serial);
 		goto out;
 	}
-	rc = plan_open(&plan, cfg, req->target, true, err);
+	rc = gate(req, err);
+	if (rc == 0)
+		rc = plan_open(&plan, cfg, req->target, true, err);
 	if (rc == 0)
 		rc = plan_check(&plan, cfg, err);
 	if (rc < 0)

@@ -8,6 +8,7 @@
 #include "ca.h"
 #include "config.h"
 #include "err.h"
+#include "safety.h"
 
 #include <stdint.h>
 
@@ -35,6 +36,11 @@ struct ps_provision_request {
 	const char *serial;
 	struct ps_ca *ca;  /* loaded with its key */
 	struct ps_db *db;  /* the audit store */
+	/* The safety gate: a block device must be a station slot (or the operator says
+	 * --allow-unlisted) and pass ps_safety_check with this policy. */
+	bool target_is_slot;
+	bool allow_unlisted;
+	struct ps_safety_policy safety;
 	void (*observer)(enum ps_stage stage, void *user);
 	void *observer_user;
 };

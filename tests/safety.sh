@@ -1,0 +1,80 @@
+#!/bin/sh
+# safety.sh — the safety gate on real block devices (loop devices): the system disk, a fixed
+# disk, a disk outside the station's slots, a read-only disk, a mounted one and a character
+# device are each refused with the reason and left untouched; an allowed one is provisioned.
+. "$SRCDIR/tests/lib.sh"
+need losetup sfdisk mkfs.ext4 sha256sum
+[ "$(id -u)" -eq 0 ] || skip_all "loop devices need root"
+[ -e /dev/loop-control ] || skip_all "no loop devices on this machine (/dev/loop-control missing)"
+
+cat >"$TMP/station.conf" <<CONF
+[station]
+database = $TMP/audit.db
+[ca]
+dir = $TMP/ca
+CONF
+"$PROVSTATION" ca init --dir "$TMP/ca" >/dev/null
+"$SRCDIR/scripts/mkmenderimg.sh" --size 64 "$TMP/disk.img" >/dev/null
+loops=""
+at_exit 'for l in $loops; do losetup -d "$l"; done; umount "$TMP/mnt" 2>/dev/null'
+attach() { # attach [losetup options] FILE: print the new loop device
+	l=$(losetup -f --show "$@") || return 1
+	loops="$loops $l"
+	echo "$l"
+}
+LOOP=$(attach "$TMP/disk.img") || skip_all "losetup cannot attach a loop device here"
+
+refused() { # refused DESC PATTERN TARGET [FLAGS...]: one line naming PATTERN, non-zero, untouched
+	desc=$1 pattern=$2 target=$3
+	shift 3
+	before=$(sha256sum "$TMP/disk.img" | cut -d' ' -f1)
+	"$PROVSTATION" provision --config "$TMP/station.conf" --target "$target" --serial SAFE-1 \
+		"$@" >"$TMP/out" 2>"$TMP/err"
+	status=$?
+	after=$(sha256sum "$TMP/disk.img" | cut -d' ' -f1)
+	if [ $status -ne 0 ] && [ "$(wc -l <"$TMP/err")" -eq 1 ] &&
+		grep -q -- "$pattern" "$TMP/err" && [ "$before" = "$after" ]; then
+		check "$desc"
+	else
+		false
+		check "$desc"
+		sed 's/^/#   /' "$TMP/err"
+	fi
+}
+
+root_src=$(findmnt -no SOURCE / 2>/dev/null)
+if [ -b "$root_src" ]; then
+	root_disk=/dev/$(lsblk -no PKNAME "$root_src" 2>/dev/null | head -1)
+	[ "$root_disk" = /dev/ ] && root_disk=$root_src
+	refused "the system disk ($root_disk) is refused" "running system\|mounted on" "$root_disk" \
+		--allow-unlisted --allow-fixed-disk
+else
+	echo "ok $((tap_n = tap_n + 1)) - # SKIP the root filesystem is not on a block device ($root_src)"
+fi
+refused "a fixed disk (loop) is refused" "fixed disk" "$LOOP" --allow-unlisted
+refused "a disk in no slot is refused" "not a configured station slot" "$LOOP" --allow-fixed-disk
+refused "a character device is refused" "neither an image file nor a block device" /dev/null \
+	--allow-unlisted --allow-fixed-disk
+
+RO=$(attach -r "$TMP/disk.img")
+refused "a read-only disk is refused" "read-only" "$RO" --allow-unlisted --allow-fixed-disk
+
+# A mounted disk: a bare ext4 filesystem on a loop device, mounted.
+truncate -s 32M "$TMP/bare.img" && mkfs.ext4 -q "$TMP/bare.img"
+BARE=$(attach "$TMP/bare.img")
+mkdir -p "$TMP/mnt"
+if mount "$BARE" "$TMP/mnt" 2>"$TMP/mount.err"; then
+	refused "a mounted disk is refused, naming the mount point" "mounted on $TMP/mnt" "$BARE" \
+		--allow-unlisted --allow-fixed-disk
+	umount "$TMP/mnt"
+else
+	echo "ok $((tap_n = tap_n + 1)) - # SKIP cannot mount here: $(head -1 "$TMP/mount.err")"
+fi
+
+ok "an allowed loop device is provisioned" "$PROVSTATION" provision --config "$TMP/station.conf" \
+	--target "$LOOP" --serial SAFE-2 --allow-unlisted --allow-fixed-disk
+ok "and verifies" "$PROVSTATION" verify --config "$TMP/station.conf" --target "$LOOP"
+"$PROVSTATION" export --config "$TMP/station.conf" --format csv >"$TMP/export.csv"
+[ "$(grep -c 'SAFE-1' "$TMP/export.csv")" -eq 0 ] && [ "$(grep -c '^SAFE-2,' "$TMP/export.csv")" -eq 1 ]
+check "refusals issued no certificate; the allowed write has one row"
+done_testing
