@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <limits.h>
 #include <pwd.h>
+#include <regex.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,16 +15,26 @@
 #include <unistd.h>
 
 enum setting_kind { SET_STRING, SET_DAYS, SET_KEY_TYPE, SET_CONF_TARGET, SET_PARTITION,
-		    SET_PARTITION_LIST, SET_BOOL };
+		    SET_PARTITION_LIST, SET_BOOL, SET_PORTS, SET_SERIAL_SOURCE, SET_USB_IDS,
+		    SET_SECONDS, SET_REGEX };
+
+/* Which object a setting lives in: the configuration, the current [slot NAME] or
+ * [board NAME]. */
+enum setting_scope { SCOPE_CONFIG, SCOPE_SLOT, SCOPE_BOARD };
 
 struct setting {
 	const char *section;
 	const char *key;
 	enum setting_kind kind;
 	size_t offset;
+	enum setting_scope scope;
 };
 
-#define S(sec, key, kind, field) {sec, key, kind, offsetof(struct ps_config, field)}
+#define S(sec, key, kind, field) {sec, key, kind, offsetof(struct ps_config, field), SCOPE_CONFIG}
+#define SLOT(key, kind, field)                                                                 \
+	{"slot", key, kind, offsetof(struct ps_slot_config, field), SCOPE_SLOT}
+#define BOARD(key, kind, field)                                                                \
+	{"board", key, kind, offsetof(struct ps_board_config, field), SCOPE_BOARD}
 static const struct setting settings[] = {
 	S("station", "id", SET_STRING, station_id),
 	S("station", "operator", SET_STRING, operator_name),
@@ -42,8 +53,23 @@ static const struct setting settings[] = {
 	S("mender", "data_partition", SET_PARTITION, data_partition),
 	S("mender", "rootfs_partitions", SET_PARTITION_LIST, rootfs_partitions),
 	S("audit", "revoke_superseded", SET_BOOL, revoke_superseded),
+	S("station", "slots_dir", SET_STRING, slots_dir),
+	S("station", "serial_pattern", SET_REGEX, serial_pattern),
+	S("station", "confirm", SET_BOOL, confirm),
+	S("station", "hotplug", SET_BOOL, hotplug),
+	SLOT("ports", SET_PORTS, ports),
+	SLOT("serial_source", SET_SERIAL_SOURCE, serial_source),
+	SLOT("serial_prefix", SET_STRING, serial_prefix),
+	SLOT("flash", SET_STRING, flash),
+	SLOT("bmap", SET_STRING, bmap),
+	SLOT("allow_fixed", SET_BOOL, allow_fixed),
+	BOARD("usb_id", SET_USB_IDS, usb_ids),
+	BOARD("helper", SET_STRING, helper),
+	BOARD("timeout", SET_SECONDS, timeout),
 };
 #undef S
+#undef SLOT
+#undef BOARD
 
 int ps_config_set(char **field, const char *value, struct ps_err *err)
 {
@@ -95,19 +121,60 @@ static int set_defaults(struct ps_config *cfg, struct ps_err *err)
 		rc = ps_config_set(&cfg->tenant_token, "", err);
 	if (rc == 0)
 		rc = ps_config_set(&cfg->server_certificate, "", err);
+	if (rc == 0)
+		rc = ps_config_set(&cfg->slots_dir, "", err);
+	if (rc == 0)
+		rc = ps_config_set(&cfg->serial_pattern, "", err);
+	cfg->hotplug = true;
 	return rc;
+}
+
+/* The object a setting of scope lives in: the configuration, or its newest slot or board. */
+static void *scope_base(struct ps_config *cfg, enum setting_scope scope, int index)
+{
+	switch (scope) {
+	case SCOPE_SLOT:
+		return index >= 0 ? (void *)&cfg->slots[index] : NULL;
+	case SCOPE_BOARD:
+		return index >= 0 ? (void *)&cfg->boards[index] : NULL;
+	default:
+		return cfg;
+	}
+}
+
+static void free_scope(struct ps_config *cfg, enum setting_scope scope, int index)
+{
+	char *base = scope_base(cfg, scope, index);
+	size_t i;
+	int j;
+
+	for (i = 0; base != NULL && i < PS_ARRAY_SIZE(settings); i++) {
+		if (settings[i].scope != scope)
+			continue;
+		if (settings[i].kind == SET_STRING || settings[i].kind == SET_REGEX)
+			free(*(char **)(base + settings[i].offset));
+		if (settings[i].kind == SET_PORTS)
+			for (j = 0; j < PS_MAX_PORTS; j++)
+				free(((char **)(base + settings[i].offset))[j]);
+	}
 }
 
 void ps_config_free(struct ps_config *cfg)
 {
-	size_t i;
+	int i;
 
 	if (cfg == NULL)
 		return;
 	free(cfg->source);
-	for (i = 0; i < PS_ARRAY_SIZE(settings); i++)
-		if (settings[i].kind == SET_STRING)
-			free(*(char **)((char *)cfg + settings[i].offset));
+	free_scope(cfg, SCOPE_CONFIG, 0);
+	for (i = 0; i < cfg->n_slots; i++) {
+		free_scope(cfg, SCOPE_SLOT, i);
+		free(cfg->slots[i].name);
+	}
+	for (i = 0; i < cfg->n_boards; i++) {
+		free_scope(cfg, SCOPE_BOARD, i);
+		free(cfg->boards[i].name);
+	}
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -121,10 +188,10 @@ static int parse_partition(const char *v, int *out, struct ps_err *err)
 	return rc;
 }
 
-static int apply_setting(struct ps_config *cfg, const struct setting *s, const char *value,
-			 struct ps_err *err)
+static int apply_setting(struct ps_config *cfg, void *base, const struct setting *s,
+			 const char *value, struct ps_err *err)
 {
-	void *field = (char *)cfg + s->offset;
+	void *field = (char *)base + s->offset;
 	long n;
 	int rc = 0;
 
@@ -172,6 +239,74 @@ static int apply_setting(struct ps_config *cfg, const struct setting *s, const c
 		}
 		return 0;
 	}
+	case SET_REGEX: {
+		regex_t re;
+		int code = *value ? regcomp(&re, value, REG_EXTENDED | REG_NOSUB) : 0;
+
+		if (code != 0)
+			return ps_fail(err, PS_EINVAL, "'%s' is not a valid extended regular expression",
+				       value);
+		if (*value)
+			regfree(&re);
+		return ps_config_set((char **)field, value, err);
+	}
+	case SET_PORTS: {
+		char **ports = field;
+		char buf[2048];
+		char *tok, *save = NULL;
+		int count = 0;
+
+		snprintf(buf, sizeof(buf), "%s", value);
+		for (tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+			if (count == PS_MAX_PORTS)
+				return ps_fail(err, PS_EINVAL, "more than %d ports", PS_MAX_PORTS);
+			rc = ps_config_set(&ports[count++], tok, err);
+			if (rc < 0)
+				return rc;
+		}
+		((struct ps_slot_config *)base)->n_ports = count;
+		return 0;
+	}
+	case SET_SERIAL_SOURCE: {
+		static const char *const names[] = {"operator", "usb", "cid", "sequence"};
+		size_t i;
+
+		for (i = 0; i < PS_ARRAY_SIZE(names); i++) {
+			if (strcmp(value, names[i]) == 0) {
+				*(enum ps_serial_source *)field = (enum ps_serial_source)i;
+				return 0;
+			}
+		}
+		return ps_fail(err, PS_EINVAL, "'%s' is not operator, usb, cid or sequence", value);
+	}
+	case SET_USB_IDS: {
+		struct ps_board_config *board = base;
+		char buf[512];
+		char *tok, *save = NULL;
+
+		board->n_usb_ids = 0;
+		snprintf(buf, sizeof(buf), "%s", value);
+		for (tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+			unsigned vid, pid;
+			char extra;
+
+			if (sscanf(tok, "%4x:%4x%c", &vid, &pid, &extra) != 2)
+				return ps_fail(err, PS_EINVAL, "'%s' is not a USB id VID:PID in hex",
+					       tok);
+			if (board->n_usb_ids == PS_MAX_BOARD_IDS)
+				return ps_fail(err, PS_EINVAL, "more than %d USB ids",
+					       PS_MAX_BOARD_IDS);
+			board->usb_ids[board->n_usb_ids][0] = (uint16_t)vid;
+			board->usb_ids[board->n_usb_ids][1] = (uint16_t)pid;
+			board->n_usb_ids++;
+		}
+		return 0;
+	}
+	case SET_SECONDS:
+		rc = ps_parse_int("seconds", value, 1, 3600, &n, err);
+		if (rc == 0)
+			*(long *)field = n;
+		return rc;
 	case SET_BOOL:
 		if (strcmp(value, "true") == 0 || strcmp(value, "yes") == 0 ||
 		    strcmp(value, "1") == 0)
@@ -199,8 +334,50 @@ static char *trim(char *s)
 }
 
 /* Parse INI text into cfg: [section] headers, key = value lines, '#' or ';' comments. */
+/* Start a [slot NAME] or [board NAME] section. */
+static int open_named_section(struct ps_config *cfg, const char *kind, const char *value,
+			      const char *name, int lineno, enum setting_scope *scope, int *index,
+			      struct ps_err *err)
+{
+	int i;
+
+	if (ps_check_text("section name", value, 63, err) < 0)
+		return ps_prefix(err, PS_EINVAL, "%s:%d: [%s ...]", name, lineno, kind);
+	if (strcmp(kind, "slot") == 0) {
+		for (i = 0; i < cfg->n_slots; i++)
+			if (strcmp(cfg->slots[i].name, value) == 0)
+				return ps_fail(err, PS_EINVAL, "%s:%d: slot '%s' is defined twice",
+					       name, lineno, value);
+		if (cfg->n_slots == PS_MAX_CONFIG_SLOTS)
+			return ps_fail(err, PS_EINVAL, "%s:%d: more than %d slots", name, lineno,
+				       PS_MAX_CONFIG_SLOTS);
+		*index = cfg->n_slots++;
+		*scope = SCOPE_SLOT;
+		if (ps_config_set(&cfg->slots[*index].serial_prefix, "", err) < 0 ||
+		    ps_config_set(&cfg->slots[*index].flash, "", err) < 0 ||
+		    ps_config_set(&cfg->slots[*index].bmap, "", err) < 0)
+			return PS_ENOMEM;
+		return ps_config_set(&cfg->slots[*index].name, value, err);
+	}
+	if (strcmp(kind, "board") == 0) {
+		if (cfg->n_boards == PS_MAX_BOARDS)
+			return ps_fail(err, PS_EINVAL, "%s:%d: more than %d boards", name, lineno,
+				       PS_MAX_BOARDS);
+		*index = cfg->n_boards++;
+		*scope = SCOPE_BOARD;
+		cfg->boards[*index].timeout = 60;
+		if (ps_config_set(&cfg->boards[*index].helper, "", err) < 0)
+			return PS_ENOMEM;
+		return ps_config_set(&cfg->boards[*index].name, value, err);
+	}
+	return ps_fail(err, PS_EINVAL, "%s:%d: unknown section [%s %s]", name, lineno, kind,
+		       value);
+}
+
 static int parse_ini(struct ps_config *cfg, char *text, const char *name, struct ps_err *err)
 {
+	enum setting_scope scope = SCOPE_CONFIG;
+	int index = -1;
 	char section[64] = "";
 	char *line, *next;
 	int lineno = 0;
@@ -222,15 +399,31 @@ static int parse_ini(struct ps_config *cfg, char *text, const char *name, struct
 			continue;
 		if (*line == '[') {
 			char *close = strchr(line, ']');
+			char *head, *space;
 
-			if (close == NULL || close[1] != '\0' || close - line - 1 >= (long)sizeof(section)) {
+			if (close == NULL || close[1] != '\0' ||
+			    close - line - 1 >= (long)sizeof(section)) {
 				return ps_fail(err, PS_EINVAL, "%s:%d: bad section header '%s'",
 					       name, lineno, line);
 			}
 			*close = '\0';
-			snprintf(section, sizeof(section), "%s", trim(line + 1));
+			head = trim(line + 1);
+			space = strchr(head, ' ');
+			if (space != NULL) {
+				/* [slot NAME] or [board NAME] */
+				*space = '\0';
+				rc = open_named_section(cfg, head, trim(space + 1), name, lineno,
+							&scope, &index, err);
+				if (rc < 0)
+					return rc;
+				snprintf(section, sizeof(section), "%s", head);
+				continue;
+			}
+			snprintf(section, sizeof(section), "%s", head);
+			scope = SCOPE_CONFIG;
 			for (i = 0; i < PS_ARRAY_SIZE(settings); i++)
-				known_section |= strcmp(settings[i].section, section) == 0;
+				known_section |= settings[i].scope == SCOPE_CONFIG &&
+						 strcmp(settings[i].section, section) == 0;
 			if (!known_section)
 				return ps_fail(err, PS_EINVAL, "%s:%d: unknown section [%s]", name,
 					       lineno, section);
@@ -247,13 +440,13 @@ static int parse_ini(struct ps_config *cfg, char *text, const char *name, struct
 			return ps_fail(err, PS_EINVAL, "%s:%d: key '%s' before any [section]", name,
 				       lineno, key);
 		for (i = 0; i < PS_ARRAY_SIZE(settings); i++)
-			if (strcmp(settings[i].section, section) == 0 &&
+			if (settings[i].scope == scope && strcmp(settings[i].section, section) == 0 &&
 			    strcmp(settings[i].key, key) == 0)
 				break;
 		if (i == PS_ARRAY_SIZE(settings))
 			return ps_fail(err, PS_EINVAL, "%s:%d: unknown key '%s' in [%s]", name,
 				       lineno, key, section);
-		rc = apply_setting(cfg, &settings[i], value, err);
+		rc = apply_setting(cfg, scope_base(cfg, scope, index), &settings[i], value, err);
 		if (rc < 0)
 			return ps_prefix(err, rc, "%s:%d: [%s] %s", name, lineno, section, key);
 	}

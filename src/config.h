@@ -7,6 +7,7 @@
 #include "err.h"
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #define PS_DEFAULT_CONFIG   "/etc/provstation/station.conf"
 #define PS_CONFIG_ENV	    "PROVSTATION_CONFIG"
@@ -16,6 +17,40 @@
 enum ps_conf_target {
 	PS_CONF_TARGET_DATA,   /* merge into the data partition's mender.conf (default) */
 	PS_CONF_TARGET_ROOTFS, /* merge into every root filesystem's /etc/mender/mender.conf */
+};
+
+#define PS_MAX_CONFIG_SLOTS 32
+#define PS_MAX_PORTS	    8
+#define PS_MAX_BOARDS	    8
+#define PS_MAX_BOARD_IDS    8
+
+/* Where a slot's device serial comes from. */
+enum ps_serial_source {
+	PS_SERIAL_OPERATOR, /* scanned or typed by the operator (default) */
+	PS_SERIAL_USB,	    /* the USB parent's serial number */
+	PS_SERIAL_CID,	    /* the SD/MMC card's CID serial */
+	PS_SERIAL_SEQUENCE, /* prefix + the next number, unique in the audit database */
+};
+
+/* [slot NAME]: a physical port of the station. */
+struct ps_slot_config {
+	char *name;
+	char *ports[PS_MAX_PORTS]; /* ID_PATH patterns (fnmatch), e.g. "pci-*-usb-0:1:1.0-*" */
+	int n_ports;
+	enum ps_serial_source serial_source;
+	char *serial_prefix;	   /* for the sequence source */
+	char *flash;		   /* golden image to write first, or "" */
+	char *bmap;		   /* its bmap file, or "" */
+	bool allow_fixed;	   /* accept a non-removable disk that is not on USB or MMC */
+};
+
+/* [board NAME]: USB boards in a boot or recovery mode, and how to make them a disk. */
+struct ps_board_config {
+	char *name;
+	uint16_t usb_ids[PS_MAX_BOARD_IDS][2]; /* vid, pid */
+	int n_usb_ids;
+	char *helper;	/* command run when such a board appears ({port} is its USB port) */
+	long timeout;	/* seconds to wait for the disk to appear under the same port */
 };
 
 struct ps_config {
@@ -48,6 +83,17 @@ struct ps_config {
 
 	/* [audit] */
 	bool revoke_superseded;
+
+	/* [station], for the station's front end */
+	char *slots_dir;      /* image files here are virtual slots, or "" */
+	char *serial_pattern; /* POSIX extended regex a scanned serial must match, or "" */
+	bool confirm;	      /* wait for the operator's confirm key before starting a job */
+	bool hotplug;	      /* watch udev for disks and boards (default true) */
+
+	struct ps_slot_config slots[PS_MAX_CONFIG_SLOTS];
+	int n_slots;
+	struct ps_board_config boards[PS_MAX_BOARDS];
+	int n_boards;
 };
 
 /* Load defaults, then path (NULL: $PROVSTATION_CONFIG, else the default file when it exists). */

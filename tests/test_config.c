@@ -80,6 +80,41 @@ int main(void)
 	ok(load(&cfg, "id = 3\n", &err) == PS_EINVAL, "key outside a section");
 	ok(load(&cfg, "[station]\njust words\n", &err) == PS_EINVAL, "line without =");
 	contains(err.msg, "station.conf:2:", "names the line");
+	ok(ps_config_load_string(&cfg,
+				 "[station]\nslots_dir = /srv/slots\nserial_pattern = ^SN-[0-9]{4}$\n"
+				 "confirm = yes\nhotplug = no\n"
+				 "[slot A]\nports = pci-*-usb-0:1:1.0-*, pci-*-usb-0:2:1.0-*\n"
+				 "serial_source = usb\n"
+				 "[slot B]\nserial_source = sequence\nserial_prefix = SN-\nallow_fixed = yes\n"
+				 "flash = /srv/golden.img.zst\n"
+				 "[board rpi4]\nusb_id = 0a5c:2711, 0a5c:2712\nhelper = rpiboot\ntimeout = 30\n",
+				 "station.conf", &err) == 0,
+	   "slots and boards load: %s", err.msg);
+	is_int(cfg.n_slots, 2, "two slots");
+	is_str(cfg.slots[0].name, "A", "slot name");
+	is_int(cfg.slots[0].n_ports, 2, "two port patterns");
+	is_str(cfg.slots[0].ports[1], "pci-*-usb-0:2:1.0-*", "second port pattern");
+	is_int(cfg.slots[0].serial_source, PS_SERIAL_USB, "usb serial source");
+	is_int(cfg.slots[1].serial_source, PS_SERIAL_SEQUENCE, "sequence serial source");
+	is_str(cfg.slots[1].serial_prefix, "SN-", "sequence prefix");
+	ok(cfg.slots[1].allow_fixed && !cfg.slots[0].allow_fixed, "allow_fixed per slot");
+	is_str(cfg.slots[1].flash, "/srv/golden.img.zst", "flash image per slot");
+	is_int(cfg.n_boards, 1, "one board");
+	is_int(cfg.boards[0].n_usb_ids, 2, "two USB ids");
+	is_int(cfg.boards[0].usb_ids[1][1], 0x2712, "second PID");
+	is_int(cfg.boards[0].timeout, 30, "board timeout");
+	ok(cfg.confirm && !cfg.hotplug, "confirm and hotplug switches");
+	is_str(cfg.serial_pattern, "^SN-[0-9]{4}$", "serial pattern");
+	ps_config_free(&cfg);
+	ok(load(&cfg, "[slot A]\n[slot A]\n", &err) == PS_EINVAL, "duplicate slot");
+	contains(err.msg, "station.conf:2: slot 'A' is defined twice", "names the slot and line");
+	ok(load(&cfg, "[slot A]\nserial_source = barcode\n", &err) == PS_EINVAL,
+	   "unknown serial source");
+	ok(load(&cfg, "[slot A]\nid = 3\n", &err) == PS_EINVAL, "station key in a slot");
+	contains(err.msg, "unknown key 'id' in [slot]", "names the key");
+	ok(load(&cfg, "[board b]\nusb_id = 0a5c\n", &err) == PS_EINVAL, "bad USB id");
+	ok(load(&cfg, "[station]\nserial_pattern = ([\n", &err) == PS_EINVAL, "bad regex");
+	ok(load(&cfg, "[gadget x]\n", &err) == PS_EINVAL, "unknown named section");
 	ok(ps_config_load(&cfg, "/nonexistent/station.conf", &err) == PS_ENOENT,
 	   "an explicit missing file is an error");
 	contains(err.msg, "/nonexistent/station.conf", "names the file");
