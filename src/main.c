@@ -20,9 +20,27 @@ static const struct ps_command commands[] = {
 	{"version", cmd_version, "print the version"},
 };
 
+/* Print text on one line: control characters (from a file name or a scanned serial, say)
+ * are shown escaped, never sent to the terminal. */
+static void print_one_line(FILE *out, const char *text)
+{
+	const unsigned char *p;
+
+	for (p = (const unsigned char *)text; *p != '\0'; p++) {
+		if (*p < 0x20 || *p == 0x7f)
+			fprintf(out, "\\x%02x", *p);
+		else if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] < 0xa0)
+			fprintf(out, "\\u%04x", *++p);
+		else
+			fputc(*p, out);
+	}
+}
+
 int cli_error(const struct ps_err *err)
 {
-	fprintf(stderr, "provstation: %s\n", err->msg[0] ? err->msg : "failed");
+	fputs("provstation: ", stderr);
+	print_one_line(stderr, err->msg[0] ? err->msg : "failed");
+	fputc('\n', stderr);
 	return PS_EXIT_FAIL;
 }
 

@@ -510,10 +510,8 @@ int ps_provision(const struct ps_provision_request *req, struct ps_provision_res
 	if (rc == 0)
 		rc = ps_expand_template(cfg->common_name, req->serial, NULL, res->common_name,
 					sizeof(res->common_name), err);
-	if (rc < 0) {
-		ps_prefix(err, rc, "serial '%s'", req->serial);
+	if (rc < 0)
 		goto out;
-	}
 	rc = gate(req, err);
 	if (rc == 0)
 		rc = plan_open(&plan, cfg, req->target, true, err);

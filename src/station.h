@@ -41,7 +41,7 @@ struct ps_slot_view {
 	char name[64];		/* configured name, or the image file's name */
 	bool is_virtual;	/* an image file in the slots directory */
 	enum ps_slot_state state;
-	char target[256];	/* /dev/sdb or the image file path */
+	char target[1024];	/* /dev/sdb or the image file path */
 	char vendor[64], model[64];
 	uint64_t size;		/* bytes */
 	char serial[PS_SERIAL_MAX + 1];

@@ -276,6 +276,13 @@ int ps_check_text(const char *what, const char *s, size_t max_len, struct ps_err
 		if (n == 0)
 			return ps_fail(err, PS_EINVAL, "%s is not valid UTF-8 at byte %zu", what,
 				       (size_t)(p - (const unsigned char *)s));
+		/* C1 controls (U+0080..U+009F) and the Unicode line and paragraph separators. */
+		if ((n == 2 && p[0] == 0xc2 && p[1] < 0xa0) ||
+		    (n == 3 && p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9)))
+			return ps_fail(err, PS_EINVAL,
+				       "%s holds a control character (U+%04X) at byte %zu", what,
+				       n == 2 ? p[1] : 0x2000u | (p[2] & 0x3fu),
+				       (size_t)(p - (const unsigned char *)s));
 		p += n;
 	}
 	return 0;

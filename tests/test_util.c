@@ -25,6 +25,11 @@ int main(void)
 	contains(err.msg, "control character", "message says control character");
 	ok(ps_check_text("serial", "\xff\xfe", 64, &err) == PS_EINVAL, "bad UTF-8 refused");
 	ok(ps_check_text("serial", "Ærø-1", 64, &err) == 0, "UTF-8 serial accepted");
+	ok(ps_check_text("serial", "SN\xc2\x9bX", 64, &err) == PS_EINVAL, "C1 control refused");
+	contains(err.msg, "U+009B", "names the C1 control");
+	ok(ps_check_text("serial", "SN\xe2\x80\xa8X", 64, &err) == PS_EINVAL,
+	   "line separator refused");
+	ok(ps_check_text("serial", "\xc2\xa0", 64, &err) == 0, "no-break space is printable");
 	memset(out, 'x', 65);
 	out[65] = '\0';
 	ok(ps_check_text("serial", out, 64, &err) == PS_EINVAL, "65 bytes refused");

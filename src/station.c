@@ -1,0 +1,893 @@
+/* station.c — the station core (see station.h): the slot table, virtual slots watched in a
+ * directory (inotify), disks and boards from the hotplug backend, one worker thread per job,
+ * and the event fd plus log ring a front end reads. One mutex guards all shared state; jobs
+ * run the provisioning pipeline without holding it. */
+#include "station.h"
+#include "hotplug.h"
+#include "provision.h"
+#include "safety.h"
+#include "util.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <regex.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define LOG_LINES 256
+
+struct slot {
+	struct ps_slot_view view;
+	bool in_use;			   /* the table entry is a slot */
+	const struct ps_slot_config *conf; /* NULL for virtual and unlisted disks */
+	bool job_running;
+	bool removed;	     /* the device left while a job ran on it */
+	bool reprovision;    /* the operator confirmed a serial seen before */
+	time_t waiting_since; /* when it started to wait for a serial */
+};
+
+struct ps_station {
+	const struct ps_config *cfg;
+	struct ps_ca *ca;
+	struct ps_db *ui_db;
+	regex_t serial_re;
+	bool have_serial_re;
+
+	pthread_mutex_t lock;
+	pthread_cond_t jobs_done;
+	struct slot slots[PS_MAX_SLOTS];
+	int next_id;
+	long jobs_running;
+	long pass_today, fail_today;
+	char log[LOG_LINES][256];
+	uint64_t log_seq; /* sequence number of the newest line */
+
+	int event_fd;
+	int stop_pipe[2];
+	int inotify_fd;
+	struct ps_hotplug *hotplug;
+	pthread_t watcher;
+	bool watcher_started;
+};
+
+const char *ps_slot_state_name(enum ps_slot_state state)
+{
+	static const char *const names[] = {
+		[PS_SLOT_EMPTY] = "empty",
+		[PS_SLOT_DETECTED] = "detected",
+		[PS_SLOT_WAITING_SERIAL] = "waiting for serial",
+		[PS_SLOT_WAITING_CONFIRM] = "waiting for confirm",
+		[PS_SLOT_FLASHING] = "flashing",
+		[PS_SLOT_PERSONALIZING] = "personalizing",
+		[PS_SLOT_VERIFYING] = "verifying",
+		[PS_SLOT_PREAUTH_QUEUED] = "preauthorization queued",
+		[PS_SLOT_PASS] = "PASS",
+		[PS_SLOT_FAIL] = "FAIL",
+		[PS_SLOT_NOT_A_SLOT] = "not a station slot",
+	};
+
+	if ((size_t)state < PS_ARRAY_SIZE(names) && names[state] != NULL)
+		return names[state];
+	return "?";
+}
+
+bool ps_slot_state_busy(enum ps_slot_state state)
+{
+	return state == PS_SLOT_FLASHING || state == PS_SLOT_PERSONALIZING ||
+	       state == PS_SLOT_VERIFYING;
+}
+
+/* Wake the front end. Called with or without the lock. */
+static void notify(struct ps_station *st)
+{
+	uint64_t one = 1;
+
+	if (write(st->event_fd, &one, sizeof(one)) < 0 && errno != EAGAIN) {
+		/* nothing to do: the front end polls with a timeout as well */
+	}
+}
+
+/* Append a line to the log ring. Called with the lock held. */
+static void log_locked(struct ps_station *st, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void log_locked(struct ps_station *st, const char *fmt, ...)
+{
+	char stamp[32];
+	char *line;
+	struct tm tm;
+	time_t now = ps_now();
+	va_list ap;
+	int n;
+
+	st->log_seq++;
+	line = st->log[st->log_seq % LOG_LINES];
+	localtime_r(&now, &tm);
+	strftime(stamp, sizeof(stamp), "%H:%M:%S", &tm);
+	n = snprintf(line, sizeof(st->log[0]), "%s ", stamp);
+	va_start(ap, fmt);
+	vsnprintf(line + n, sizeof(st->log[0]) - (size_t)n, fmt, ap);
+	va_end(ap);
+	notify(st);
+}
+
+/* Move a slot to a state. Called with the lock held. */
+static void set_state(struct ps_station *st, struct slot *slot, enum ps_slot_state state,
+		      const char *message)
+{
+	slot->view.state = state;
+	slot->view.since = ps_now();
+	slot->view.generation++;
+	slot->view.progress = -1;
+	slot->view.rate = 0;
+	slot->view.eta = -1;
+	snprintf(slot->view.message, sizeof(slot->view.message), "%s", message ? message : "");
+	if (state == PS_SLOT_WAITING_SERIAL)
+		slot->waiting_since = slot->view.since;
+	notify(st);
+}
+
+/* Copy src into dst of size len; false (and dst empty) when it does not fit. */
+static bool copy_str(char *dst, size_t len, const char *src)
+{
+	size_t n = strlen(src);
+
+	if (n >= len) {
+		dst[0] = '\0';
+		return false;
+	}
+	memcpy(dst, src, n + 1);
+	return true;
+}
+
+static struct slot *slot_by_id(struct ps_station *st, int id)
+{
+	int i;
+
+	for (i = 0; i < PS_MAX_SLOTS; i++)
+		if (st->slots[i].in_use && st->slots[i].view.id == id)
+			return &st->slots[i];
+	return NULL;
+}
+
+static struct slot *slot_by_target(struct ps_station *st, const char *target)
+{
+	int i;
+
+	for (i = 0; i < PS_MAX_SLOTS; i++)
+		if (st->slots[i].in_use && strcmp(st->slots[i].view.target, target) == 0)
+			return &st->slots[i];
+	return NULL;
+}
+
+static struct slot *new_slot(struct ps_station *st, const char *name)
+{
+	int i;
+
+	for (i = 0; i < PS_MAX_SLOTS; i++) {
+		struct slot *slot = &st->slots[i];
+
+		if (slot->in_use)
+			continue;
+		memset(slot, 0, sizeof(*slot));
+		slot->in_use = true;
+		slot->view.id = st->next_id++;
+		slot->view.progress = -1;
+		slot->view.eta = -1;
+		slot->view.since = ps_now();
+		snprintf(slot->view.name, sizeof(slot->view.name), "%s", name);
+		return slot;
+	}
+	return NULL;
+}
+
+/* ---- jobs ---------------------------------------------------------------------------- */
+
+struct job {
+	struct ps_station *st;
+	int slot_id;
+	char target[1024];
+	char serial[PS_SERIAL_MAX + 1];
+	struct ps_safety_policy safety;
+	bool is_slot;
+};
+
+static void job_observer(enum ps_stage stage, void *user)
+{
+	struct job *job = user;
+	struct ps_station *st = job->st;
+	struct slot *slot;
+
+	pthread_mutex_lock(&st->lock);
+	slot = slot_by_id(st, job->slot_id);
+	if (slot != NULL && stage == PS_STAGE_WRITING)
+		set_state(st, slot, PS_SLOT_PERSONALIZING, "writing key, certificate, mender.conf");
+	else if (slot != NULL && stage == PS_STAGE_VERIFYING)
+		set_state(st, slot, PS_SLOT_VERIFYING, "reading everything back");
+	pthread_mutex_unlock(&st->lock);
+}
+
+static void *run_job(void *arg)
+{
+	struct job *job = arg;
+	struct ps_station *st = job->st;
+	struct ps_provision_request req = {
+		.cfg = st->cfg,
+		.target = job->target,
+		.serial = job->serial,
+		.ca = st->ca,
+		.target_is_slot = job->is_slot,
+		.safety = job->safety,
+		.observer = job_observer,
+		.observer_user = job,
+	};
+	struct ps_provision_result res;
+	struct ps_err err = {""};
+	struct ps_db *db = NULL;
+	struct slot *slot;
+	int rc;
+
+	rc = ps_db_open(st->cfg->database, &db, &err);
+	if (rc == 0) {
+		req.db = db;
+		rc = ps_provision(&req, &res, &err);
+	}
+	ps_db_close(db);
+
+	pthread_mutex_lock(&st->lock);
+	slot = slot_by_id(st, job->slot_id);
+	if (rc == 0) {
+		st->pass_today++;
+		log_locked(st, "PASS %s: %s, %s, cert %s", slot ? slot->view.name : job->target,
+			   job->serial, res.common_name, res.cert_serial);
+	} else {
+		st->fail_today++;
+		log_locked(st, "FAIL %s: %s: %s", slot ? slot->view.name : job->target, job->serial,
+			   err.msg);
+	}
+	if (slot != NULL) {
+		slot->job_running = false;
+		if (rc == 0)
+			snprintf(slot->view.common_name, sizeof(slot->view.common_name), "%s",
+				 res.common_name);
+		if (slot->removed) {
+			/* The device left during the job: the slot goes back to empty. */
+			log_locked(st, "%s: removed during the job", slot->view.name);
+			if (slot->conf != NULL) {
+				memset(slot->view.target, 0, sizeof(slot->view.target));
+				slot->removed = false;
+				set_state(st, slot, PS_SLOT_EMPTY, "");
+			} else {
+				slot->in_use = false;
+			}
+		} else if (rc == 0) {
+			set_state(st, slot, PS_SLOT_PASS, "remove the card");
+		} else {
+			set_state(st, slot, PS_SLOT_FAIL, err.msg);
+		}
+	}
+	st->jobs_running--;
+	pthread_cond_broadcast(&st->jobs_done);
+	notify(st);
+	pthread_mutex_unlock(&st->lock);
+	free(job);
+	return NULL;
+}
+
+/* Start a job on slot. Called with the lock held. */
+static int start_job(struct ps_station *st, struct slot *slot, struct ps_err *err)
+{
+	struct job *job = calloc(1, sizeof(*job));
+	pthread_attr_t attr;
+	pthread_t thread;
+	int rc;
+
+	if (job == NULL)
+		return ps_fail(err, PS_ENOMEM, "out of memory");
+	job->st = st;
+	job->slot_id = slot->view.id;
+	job->is_slot = slot->conf != NULL || slot->view.is_virtual;
+	job->safety.allow_fixed = slot->conf != NULL && slot->conf->allow_fixed;
+	copy_str(job->target, sizeof(job->target), slot->view.target);
+	snprintf(job->serial, sizeof(job->serial), "%s", slot->view.serial);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	rc = pthread_create(&thread, &attr, run_job, job);
+	pthread_attr_destroy(&attr);
+	if (rc != 0) {
+		free(job);
+		return ps_fail(err, PS_ENOMEM, "cannot start a job: %s", strerror(rc));
+	}
+	slot->job_running = true;
+	slot->view.common_name[0] = '\0';
+	st->jobs_running++;
+	set_state(st, slot, PS_SLOT_PERSONALIZING, "issuing the device identity");
+	log_locked(st, "%s: provisioning %s", slot->view.name, slot->view.serial);
+	return 0;
+}
+
+/* ---- slots coming and going ---------------------------------------------------------- */
+
+static bool is_image_name(const char *name)
+{
+	static const char *const suffixes[] = {".img", ".sdimg", ".uefiimg", ".gptimg",
+					       ".biosimg", ".wic"};
+	size_t len = strlen(name), i;
+
+	if (name[0] == '.')
+		return false;
+	for (i = 0; i < PS_ARRAY_SIZE(suffixes); i++) {
+		size_t n = strlen(suffixes[i]);
+
+		if (len > n && strcmp(name + len - n, suffixes[i]) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* An image file appeared in the slots directory. Called with the lock held. */
+static void virtual_added(struct ps_station *st, const char *name)
+{
+	char path[PATH_MAX];
+	struct slot *slot;
+	struct stat sb;
+
+	if (!is_image_name(name) ||
+	    snprintf(path, sizeof(path), "%s/%s", st->cfg->slots_dir, name) >= (int)sizeof(path) ||
+	    stat(path, &sb) != 0 || !S_ISREG(sb.st_mode) || slot_by_target(st, path) != NULL)
+		return;
+	slot = new_slot(st, name);
+	if (slot == NULL) {
+		log_locked(st, "%s: no free slot (at most %d)", name, PS_MAX_SLOTS);
+		return;
+	}
+	slot->view.is_virtual = true;
+	slot->view.size = (uint64_t)sb.st_size;
+	copy_str(slot->view.target, sizeof(slot->view.target), path);
+	snprintf(slot->view.vendor, sizeof(slot->view.vendor), "image file");
+	set_state(st, slot, PS_SLOT_WAITING_SERIAL, "scan or type the serial");
+	log_locked(st, "%s: image file detected", name);
+}
+
+static void virtual_removed(struct ps_station *st, const char *name)
+{
+	char path[PATH_MAX];
+	struct slot *slot;
+
+	if (snprintf(path, sizeof(path), "%s/%s", st->cfg->slots_dir, name) >= (int)sizeof(path))
+		return;
+	slot = slot_by_target(st, path);
+	if (slot == NULL)
+		return;
+	log_locked(st, "%s: image file removed", slot->view.name);
+	if (slot->job_running)
+		slot->removed = true;
+	else
+		slot->in_use = false;
+	notify(st);
+}
+
+static const struct ps_slot_config *slot_for_port(const struct ps_config *cfg,
+						  const char *id_path)
+{
+	int i, j;
+
+	for (i = 0; i < cfg->n_slots; i++)
+		for (j = 0; j < cfg->slots[i].n_ports; j++)
+			if (id_path[0] != '\0' && fnmatch(cfg->slots[i].ports[j], id_path, 0) == 0)
+				return &cfg->slots[i];
+	return NULL;
+}
+
+static struct slot *slot_for_config(struct ps_station *st, const struct ps_slot_config *conf)
+{
+	int i;
+
+	for (i = 0; i < PS_MAX_SLOTS; i++)
+		if (st->slots[i].in_use && st->slots[i].conf == conf)
+			return &st->slots[i];
+	return NULL;
+}
+
+/* The serial a slot's source gives for a disk, or "" when the operator must give it. */
+static void automatic_serial(const struct ps_slot_config *conf, const struct ps_disk *disk,
+			     char *out, size_t len)
+{
+	out[0] = '\0';
+	if (conf->serial_source == PS_SERIAL_USB)
+		copy_str(out, len, disk->usb_serial);
+	else if (conf->serial_source == PS_SERIAL_CID)
+		copy_str(out, len, disk->cid_serial);
+}
+
+/* A disk arrived (or changed). Called with the lock held. */
+static void disk_added(struct ps_station *st, const struct ps_disk *disk)
+{
+	const struct ps_slot_config *conf = slot_for_port(st->cfg, disk->id_path);
+	struct ps_safety_policy policy = {.allow_fixed = conf && conf->allow_fixed};
+	struct ps_err err = {""};
+	struct slot *slot = slot_by_target(st, disk->node);
+
+	if (slot == NULL)
+		slot = conf ? slot_for_config(st, conf) : new_slot(st, disk->node);
+	if (slot == NULL || slot->job_running)
+		return;
+	slot->removed = false;
+	copy_str(slot->view.target, sizeof(slot->view.target), disk->node);
+	copy_str(slot->view.vendor, sizeof(slot->view.vendor), disk->vendor);
+	copy_str(slot->view.model, sizeof(slot->view.model), disk->model);
+	slot->view.size = disk->size;
+	slot->view.serial[0] = '\0';
+	slot->view.common_name[0] = '\0';
+	if (conf == NULL) {
+		set_state(st, slot, PS_SLOT_NOT_A_SLOT, disk->id_path);
+		log_locked(st, "%s: not a station slot (port %s); it will not be written",
+			   disk->node, disk->id_path[0] ? disk->id_path : "unknown");
+		return;
+	}
+	if (disk->size == 0) {
+		set_state(st, slot, PS_SLOT_EMPTY, "no medium");
+		return;
+	}
+	if (ps_safety_check(disk->node, &policy, NULL, &err) < 0) {
+		set_state(st, slot, PS_SLOT_FAIL, err.msg);
+		log_locked(st, "%s: refused: %s", slot->view.name, err.msg);
+		return;
+	}
+	log_locked(st, "%s: %s %s %s detected", slot->view.name, disk->node, disk->vendor,
+		   disk->model);
+	automatic_serial(conf, disk, slot->view.serial, sizeof(slot->view.serial));
+	if (conf->serial_source == PS_SERIAL_OPERATOR || slot->view.serial[0] == '\0') {
+		if (conf->serial_source != PS_SERIAL_OPERATOR)
+			log_locked(st, "%s: the device has no %s serial; type it", slot->view.name,
+				   conf->serial_source == PS_SERIAL_USB ? "USB" : "card");
+		set_state(st, slot, PS_SLOT_WAITING_SERIAL, "scan or type the serial");
+	} else if (st->cfg->confirm) {
+		set_state(st, slot, PS_SLOT_WAITING_CONFIRM, "press confirm to start");
+	} else if (start_job(st, slot, &err) < 0) {
+		set_state(st, slot, PS_SLOT_FAIL, err.msg);
+	}
+}
+
+static void disk_removed(struct ps_station *st, const struct ps_disk *disk)
+{
+	struct slot *slot = slot_by_target(st, disk->node);
+
+	if (slot == NULL)
+		return;
+	if (slot->job_running) {
+		slot->removed = true;
+		log_locked(st, "%s: %s removed while it was being written", slot->view.name,
+			   disk->node);
+		return;
+	}
+	if (slot->conf == NULL) {
+		slot->in_use = false;
+		notify(st);
+		return;
+	}
+	memset(slot->view.target, 0, sizeof(slot->view.target));
+	slot->view.vendor[0] = slot->view.model[0] = '\0';
+	slot->view.size = 0;
+	slot->view.serial[0] = slot->view.common_name[0] = '\0';
+	set_state(st, slot, PS_SLOT_EMPTY, "");
+}
+
+static void on_hotplug(enum ps_hotplug_event event, const struct ps_disk *disk,
+		       const struct ps_usb_board *board, void *user)
+{
+	struct ps_station *st = user;
+
+	pthread_mutex_lock(&st->lock);
+	switch (event) {
+	case PS_HOTPLUG_DISK_ADDED:
+	case PS_HOTPLUG_DISK_CHANGED:
+		disk_added(st, disk);
+		break;
+	case PS_HOTPLUG_DISK_REMOVED:
+		disk_removed(st, disk);
+		break;
+	case PS_HOTPLUG_BOARD_ADDED:
+		log_locked(st, "USB board %04x:%04x on port %s detected", board->vid, board->pid,
+			   board->port);
+		break;
+	case PS_HOTPLUG_BOARD_REMOVED:
+		log_locked(st, "USB board on port %s removed", board->port);
+		break;
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+static void scan_slots_dir(struct ps_station *st)
+{
+	DIR *dir = opendir(st->cfg->slots_dir);
+	struct dirent *de;
+
+	if (dir == NULL)
+		return;
+	while ((de = readdir(dir)) != NULL)
+		virtual_added(st, de->d_name);
+	closedir(dir);
+}
+
+static void drain_inotify(struct ps_station *st)
+{
+	char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+	ssize_t n;
+
+	while ((n = read(st->inotify_fd, buf, sizeof(buf))) > 0) {
+		char *p = buf;
+
+		pthread_mutex_lock(&st->lock);
+		while (p < buf + n) {
+			const struct inotify_event *ev = (const struct inotify_event *)(void *)p;
+
+			if (ev->len > 0 && (ev->mask & (IN_CLOSE_WRITE | IN_MOVED_TO)))
+				virtual_added(st, ev->name);
+			else if (ev->len > 0 && (ev->mask & (IN_DELETE | IN_MOVED_FROM)))
+				virtual_removed(st, ev->name);
+			p += sizeof(*ev) + ev->len;
+		}
+		pthread_mutex_unlock(&st->lock);
+	}
+}
+
+/* The watcher thread: the slots directory and the hotplug monitor, until stopped. */
+static void *watch(void *arg)
+{
+	struct ps_station *st = arg;
+
+	for (;;) {
+		struct pollfd fds[3] = {{st->stop_pipe[0], POLLIN, 0},
+					{st->inotify_fd, POLLIN, 0},
+					{st->hotplug ? ps_hotplug_fd(st->hotplug) : -1, POLLIN, 0}};
+
+		if (poll(fds, 3, -1) < 0 && errno != EINTR)
+			break;
+		if (fds[0].revents)
+			break;
+		if (fds[1].revents)
+			drain_inotify(st);
+		if (fds[2].revents) {
+			struct ps_err err = {""};
+
+			if (ps_hotplug_dispatch(st->hotplug, &err) < 0) {
+				pthread_mutex_lock(&st->lock);
+				log_locked(st, "hotplug: %s", err.msg);
+				pthread_mutex_unlock(&st->lock);
+			}
+		}
+	}
+	return NULL;
+}
+
+static long count_today(struct ps_db *db, const char *state)
+{
+	struct tm tm;
+	time_t now = ps_now();
+	long n = 0;
+
+	localtime_r(&now, &tm);
+	tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+	if (ps_db_count(db, state, mktime(&tm), &n, NULL) < 0)
+		return 0;
+	return n;
+}
+
+int ps_station_open(const struct ps_config *cfg, struct ps_ca *ca, struct ps_station **out,
+		    struct ps_err *err)
+{
+	struct ps_station *st = calloc(1, sizeof(*st));
+	struct ps_board_id boards[PS_MAX_BOARDS * PS_MAX_BOARD_IDS];
+	size_t n_boards = 0;
+	int i, j, rc = 0;
+
+	*out = NULL;
+	if (st == NULL)
+		return ps_fail(err, PS_ENOMEM, "out of memory");
+	st->cfg = cfg;
+	st->ca = ca;
+	st->event_fd = st->inotify_fd = st->stop_pipe[0] = st->stop_pipe[1] = -1;
+	pthread_mutex_init(&st->lock, NULL);
+	pthread_cond_init(&st->jobs_done, NULL);
+	if (cfg->serial_pattern[0] != '\0') {
+		if (regcomp(&st->serial_re, cfg->serial_pattern, REG_EXTENDED | REG_NOSUB) != 0) {
+			rc = ps_fail(err, PS_EINVAL, "bad serial_pattern '%s'", cfg->serial_pattern);
+			goto out;
+		}
+		st->have_serial_re = true;
+	}
+	rc = ps_db_open(cfg->database, &st->ui_db, err);
+	if (rc < 0)
+		goto out;
+	st->pass_today = count_today(st->ui_db, PS_STATE_VERIFIED);
+	st->fail_today = count_today(st->ui_db, PS_STATE_FAILED);
+	st->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (st->event_fd < 0 || pipe2(st->stop_pipe, O_CLOEXEC) != 0) {
+		rc = ps_fail(err, PS_EIO, "station: %s", strerror(errno));
+		goto out;
+	}
+	pthread_mutex_lock(&st->lock);
+	for (i = 0; i < cfg->n_slots; i++) {
+		struct slot *slot = new_slot(st, cfg->slots[i].name);
+
+		if (slot != NULL) {
+			slot->conf = &cfg->slots[i];
+			set_state(st, slot, PS_SLOT_EMPTY, "");
+		}
+	}
+	log_locked(st, "station %s started; CA %s", cfg->station_id, ca->subject);
+	if (cfg->slots_dir[0] != '\0') {
+		st->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+		if (st->inotify_fd < 0 ||
+		    inotify_add_watch(st->inotify_fd, cfg->slots_dir,
+				      IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM) < 0)
+			log_locked(st, "slots directory %s: %s", cfg->slots_dir, strerror(errno));
+		scan_slots_dir(st);
+	}
+	pthread_mutex_unlock(&st->lock);
+	for (i = 0; i < cfg->n_boards; i++)
+		for (j = 0; j < cfg->boards[i].n_usb_ids; j++)
+			boards[n_boards++] = (struct ps_board_id){cfg->boards[i].usb_ids[j][0],
+								  cfg->boards[i].usb_ids[j][1]};
+	if (cfg->hotplug) {
+		struct ps_err hp_err = {""};
+
+		/* Existing devices are reported through on_hotplug during the open. */
+		if (ps_hotplug_open(on_hotplug, st, boards, n_boards, &st->hotplug, &hp_err) < 0) {
+			pthread_mutex_lock(&st->lock);
+			log_locked(st, "hotplug unavailable: %s", hp_err.msg);
+			pthread_mutex_unlock(&st->lock);
+			st->hotplug = NULL;
+		}
+	}
+	rc = pthread_create(&st->watcher, NULL, watch, st);
+	if (rc != 0) {
+		rc = ps_fail(err, PS_ENOMEM, "cannot start the watcher: %s", strerror(rc));
+		goto out;
+	}
+	st->watcher_started = true;
+	*out = st;
+	st = NULL;
+out:
+	ps_station_close(st);
+	return rc;
+}
+
+void ps_station_close(struct ps_station *st)
+{
+	char stop = 1;
+
+	if (st == NULL)
+		return;
+	if (st->watcher_started) {
+		if (write(st->stop_pipe[1], &stop, 1) != 1) {
+			/* the watcher also ends when the pipe closes below */
+		}
+		pthread_join(st->watcher, NULL);
+	}
+	pthread_mutex_lock(&st->lock);
+	while (st->jobs_running > 0)
+		pthread_cond_wait(&st->jobs_done, &st->lock);
+	pthread_mutex_unlock(&st->lock);
+	ps_hotplug_close(st->hotplug);
+	if (st->inotify_fd >= 0)
+		close(st->inotify_fd);
+	if (st->stop_pipe[0] >= 0)
+		close(st->stop_pipe[0]);
+	if (st->stop_pipe[1] >= 0)
+		close(st->stop_pipe[1]);
+	if (st->event_fd >= 0)
+		close(st->event_fd);
+	if (st->have_serial_re)
+		regfree(&st->serial_re);
+	ps_db_close(st->ui_db);
+	pthread_cond_destroy(&st->jobs_done);
+	pthread_mutex_destroy(&st->lock);
+	free(st);
+}
+
+int ps_station_event_fd(struct ps_station *st)
+{
+	return st->event_fd;
+}
+
+void ps_station_ack(struct ps_station *st)
+{
+	uint64_t value;
+
+	while (read(st->event_fd, &value, sizeof(value)) == sizeof(value)) {
+	}
+}
+
+static int compare_views(const void *a, const void *b)
+{
+	const struct ps_slot_view *x = a, *y = b;
+
+	if (x->is_virtual != y->is_virtual)
+		return x->is_virtual ? 1 : -1;
+	if (x->is_virtual)
+		return strcmp(x->name, y->name);
+	return x->id - y->id;
+}
+
+size_t ps_station_slots(struct ps_station *st, struct ps_slot_view *out, size_t max)
+{
+	struct ps_slot_view all[PS_MAX_SLOTS];
+	size_t n = 0, i;
+
+	pthread_mutex_lock(&st->lock);
+	for (i = 0; i < PS_MAX_SLOTS; i++)
+		if (st->slots[i].in_use)
+			all[n++] = st->slots[i].view;
+	pthread_mutex_unlock(&st->lock);
+	qsort(all, n, sizeof(all[0]), compare_views);
+	memcpy(out, all, (n < max ? n : max) * sizeof(all[0]));
+	return n;
+}
+
+size_t ps_station_log(struct ps_station *st, uint64_t after, char (*out)[256], size_t max,
+		      uint64_t *last)
+{
+	uint64_t first, seq;
+	size_t n = 0;
+
+	pthread_mutex_lock(&st->lock);
+	first = st->log_seq >= LOG_LINES ? st->log_seq - LOG_LINES + 1 : 1;
+	if (after + 1 > first)
+		first = after + 1;
+	if (st->log_seq >= max && first + max <= st->log_seq)
+		first = st->log_seq - max + 1;
+	for (seq = first; seq <= st->log_seq && n < max; seq++)
+		memcpy(out[n++], st->log[seq % LOG_LINES], sizeof(out[0]));
+	*last = st->log_seq;
+	pthread_mutex_unlock(&st->lock);
+	return n;
+}
+
+int ps_station_next_waiting(struct ps_station *st)
+{
+	int i, best = -1;
+	time_t oldest = 0;
+
+	pthread_mutex_lock(&st->lock);
+	for (i = 0; i < PS_MAX_SLOTS; i++) {
+		struct slot *slot = &st->slots[i];
+
+		if (!slot->in_use || slot->view.state != PS_SLOT_WAITING_SERIAL)
+			continue;
+		if (best < 0 || slot->waiting_since < oldest ||
+		    (slot->waiting_since == oldest && slot->view.id < best)) {
+			best = slot->view.id;
+			oldest = slot->waiting_since;
+		}
+	}
+	pthread_mutex_unlock(&st->lock);
+	return best;
+}
+
+int ps_station_check_serial(struct ps_station *st, const char *serial, struct ps_err *err)
+{
+	int rc = ps_check_serial(serial, err);
+
+	if (rc < 0)
+		return rc;
+	if (st->have_serial_re && regexec(&st->serial_re, serial, 0, NULL, 0) != 0)
+		return ps_fail(err, PS_EINVAL, "serial '%s' does not match the pattern %s", serial,
+			       st->cfg->serial_pattern);
+	return 0;
+}
+
+static int count_row(const struct ps_cert_row *row, void *user)
+{
+	(*(long *)user)++;
+	return 0;
+}
+
+int ps_station_serial_seen(struct ps_station *st, const char *serial, long *count,
+			   struct ps_err *err)
+{
+	struct ps_db_filter filter = {.device_serial = serial};
+
+	*count = 0;
+	return ps_db_each(st->ui_db, &filter, count_row, count, err);
+}
+
+int ps_station_submit_serial(struct ps_station *st, int slot_id, const char *serial,
+			     bool reprovision, struct ps_err *err)
+{
+	struct slot *slot;
+	long seen = 0;
+	int rc = ps_station_check_serial(st, serial, err);
+
+	if (rc < 0)
+		return rc;
+	if (slot_id < 0)
+		slot_id = ps_station_next_waiting(st);
+	if (slot_id < 0)
+		return ps_fail(err, PS_ENOENT, "no slot is waiting for a serial");
+	if (!reprovision) {
+		rc = ps_station_serial_seen(st, serial, &seen, err);
+		if (rc < 0)
+			return rc;
+		if (seen > 0)
+			return ps_fail(err, PS_EEXIST,
+				       "serial %s was provisioned before (%ld certificate%s)", serial,
+				       seen, seen == 1 ? "" : "s");
+	}
+	pthread_mutex_lock(&st->lock);
+	slot = slot_by_id(st, slot_id);
+	if (slot == NULL || slot->view.state != PS_SLOT_WAITING_SERIAL) {
+		rc = ps_fail(err, PS_EBUSY, "slot %s is not waiting for a serial",
+			     slot ? slot->view.name : "?");
+		goto out;
+	}
+	snprintf(slot->view.serial, sizeof(slot->view.serial), "%s", serial);
+	slot->reprovision = reprovision;
+	if (st->cfg->confirm)
+		set_state(st, slot, PS_SLOT_WAITING_CONFIRM, "press confirm to start");
+	else
+		rc = start_job(st, slot, err);
+out:
+	pthread_mutex_unlock(&st->lock);
+	return rc;
+}
+
+int ps_station_confirm(struct ps_station *st, int slot_id, struct ps_err *err)
+{
+	struct slot *slot;
+	int rc;
+
+	pthread_mutex_lock(&st->lock);
+	slot = slot_by_id(st, slot_id);
+	if (slot == NULL || slot->view.state != PS_SLOT_WAITING_CONFIRM)
+		rc = ps_fail(err, PS_EBUSY, "slot %s is not waiting for a confirm",
+			     slot ? slot->view.name : "?");
+	else
+		rc = start_job(st, slot, err);
+	pthread_mutex_unlock(&st->lock);
+	return rc;
+}
+
+int ps_station_reset(struct ps_station *st, int slot_id, struct ps_err *err)
+{
+	struct slot *slot;
+	int rc = 0;
+
+	pthread_mutex_lock(&st->lock);
+	slot = slot_by_id(st, slot_id);
+	if (slot == NULL || !slot->view.is_virtual ||
+	    (slot->view.state != PS_SLOT_PASS && slot->view.state != PS_SLOT_FAIL)) {
+		rc = ps_fail(err, PS_EBUSY, "only a finished image-file slot can be reset");
+	} else {
+		slot->view.serial[0] = slot->view.common_name[0] = '\0';
+		set_state(st, slot, PS_SLOT_WAITING_SERIAL, "scan or type the serial");
+	}
+	pthread_mutex_unlock(&st->lock);
+	return rc;
+}
+
+void ps_station_counts(struct ps_station *st, struct ps_station_counts *out)
+{
+	pthread_mutex_lock(&st->lock);
+	out->pass_today = st->pass_today;
+	out->fail_today = st->fail_today;
+	out->jobs_running = st->jobs_running;
+	pthread_mutex_unlock(&st->lock);
+}
+
+struct ps_db *ps_station_ui_db(struct ps_station *st)
+{
+	return st->ui_db;
+}
