@@ -21,6 +21,10 @@ int cmd_provision(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_revoke(int argc, char **argv);
+int cmd_crl(int argc, char **argv);
+int cmd_import(int argc, char **argv);
+int cmd_audit(int argc, char **argv);
 
 /* Print "provstation: <message>" and return PS_EXIT_FAIL. */
 int cli_error(const struct ps_err *err);

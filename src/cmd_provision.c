@@ -4,9 +4,12 @@
 #include "cli.h"
 #include "export.h"
 #include "provision.h"
+#include "sign.h"
 #include "util.h"
 
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <syslog.h>
 #include <stdio.h>
 #include <string.h>
@@ -74,13 +77,39 @@ static void usage_export(FILE *out)
 	fprintf(out,
 		"usage: provstation export --format csv|jsonl [--db FILE] [--config FILE]\n"
 		"                          [--since T] [--until T] [--status S] [--station ID]\n"
-		"                          [--batch B] [--serial S] [--out FILE]\n"
+		"                          [--batch B] [--serial S] [--out FILE [--sign KEY]]\n"
 		"\n"
 		"Print the audit rows, oldest first. T is YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC).\n"
 		"Columns: device_serial, common_name, cert_serial, state, reason, not_before,\n"
 		"not_after, pubkey_sha256, pubkey_pem, cert_pem, station_id, operator, batch,\n"
 		"ca_fingerprint, target, image_name, image_sha256, revoked_at, created_at,\n"
-		"updated_at. CSV follows RFC 4180.\n");
+		"updated_at. CSV follows RFC 4180.\n"
+		"--sign KEY: also write FILE.sig, a detached signature over FILE with the\n"
+		"station's private key KEY (PEM, EC, Ed25519 or RSA, mode 0600). An auditor\n"
+		"checks it with: openssl dgst -sha256 -verify station.pub -signature FILE.sig FILE\n"
+		"(Ed25519: openssl pkeyutl -verify -pubin -inkey station.pub -rawin -in FILE\n"
+		"-sigfile FILE.sig).\n");
+}
+
+/* Field service: the earlier certificates of a serial, printed before it is provisioned. */
+struct history {
+	long rows;
+	long in_use; /* issued, written or verified: what the new certificate supersedes */
+};
+
+static int print_history(const struct ps_cert_row *row, void *user)
+{
+	struct history *h = user;
+
+	if (h->rows++ == 0)
+		printf("%s was provisioned before; its certificates:\n", row->device_serial);
+	if (strcmp(row->state, PS_STATE_ISSUED) == 0 || strcmp(row->state, PS_STATE_WRITTEN) == 0 ||
+	    strcmp(row->state, PS_STATE_VERIFIED) == 0)
+		h->in_use++;
+	printf("  %s  %-10s  cert %s  %s  station %s%s%s\n", row->created_at, row->state,
+	       row->cert_serial, row->common_name, row->station_id, row->reason[0] ? "  " : "",
+	       row->reason);
+	return 0;
 }
 
 int cmd_provision(int argc, char **argv)
@@ -103,6 +132,7 @@ int cmd_provision(int argc, char **argv)
 	struct ps_db *db = NULL;
 	struct ps_err err = {""};
 	bool have_cfg = false, have_ca = false;
+	struct history history = {0, 0};
 	int c, i, rc = PS_EXIT_OK;
 
 	optind = 0;
@@ -147,6 +177,9 @@ int cmd_provision(int argc, char **argv)
 	have_ca = true;
 	if (ps_db_open(cfg.database, &db, &err) < 0)
 		goto fail;
+	if (ps_check_serial(req.serial, &err) < 0 ||
+	    ps_db_history(db, req.serial, print_history, &history, &err) < 0)
+		goto fail;
 	req.cfg = &cfg;
 	req.ca = &ca;
 	req.db = db;
@@ -165,6 +198,10 @@ int cmd_provision(int argc, char **argv)
 	for (i = 0; i < res.n_written; i++)
 		printf("  wrote        %s\n", res.written[i]);
 	printf("  audit        row %lld in %s: verified\n", (long long)res.audit_id, cfg.database);
+	if (history.in_use > 0)
+		printf("  superseded   %ld earlier certificate%s of %s%s\n", history.in_use,
+		       history.in_use == 1 ? "" : "s", req.serial,
+		       cfg.revoke_superseded ? " (and revoked)" : "");
 	goto out;
 fail:
 	rc = cli_error(&err);
@@ -240,7 +277,7 @@ out:
 int cmd_export(int argc, char **argv)
 {
 	enum { OPT_FORMAT = 2000, OPT_SINCE, OPT_UNTIL, OPT_STATUS, OPT_STATION, OPT_BATCH,
-	       OPT_OUT, OPT_DEVICE };
+	       OPT_OUT, OPT_DEVICE, OPT_SIGN };
 	static const struct option opts[] = {
 		COMMON_OPTIONS,
 		{"format", required_argument, NULL, OPT_FORMAT},
@@ -251,6 +288,7 @@ int cmd_export(int argc, char **argv)
 		{"batch", required_argument, NULL, OPT_BATCH},
 		{"serial", required_argument, NULL, OPT_DEVICE},
 		{"out", required_argument, NULL, OPT_OUT},
+		{"sign", required_argument, NULL, OPT_SIGN},
 		{NULL, 0, NULL, 0},
 	};
 	static const char *const states[] = {PS_STATE_ISSUED, PS_STATE_WRITTEN, PS_STATE_VERIFIED,
@@ -259,7 +297,7 @@ int cmd_export(int argc, char **argv)
 	struct common_args args = {0};
 	struct ps_db_filter filter = {0};
 	enum ps_export_format format = PS_EXPORT_CSV;
-	const char *format_name = NULL, *out_path = NULL;
+	const char *format_name = NULL, *out_path = NULL, *sign_key = NULL;
 	struct ps_config cfg;
 	struct ps_db *db = NULL;
 	struct ps_err err = {""};
@@ -298,6 +336,9 @@ int cmd_export(int argc, char **argv)
 		case OPT_OUT:
 			out_path = optarg;
 			break;
+		case OPT_SIGN:
+			sign_key = optarg;
+			break;
 		case 'h':
 			usage_export(stdout);
 			return PS_EXIT_OK;
@@ -309,6 +350,9 @@ int cmd_export(int argc, char **argv)
 		return cli_usage_error("export", "unexpected argument '%s'", argv[optind]);
 	if (format_name == NULL)
 		return cli_usage_error("export", "--format is required");
+	if (sign_key != NULL && out_path == NULL)
+		return cli_usage_error("export",
+				       "--sign needs --out FILE (the signature is FILE.sig)");
 	if (ps_export_format_parse(format_name, &format, &err) < 0)
 		return cli_error(&err);
 	for (i = 0; filter.state != NULL && i < PS_ARRAY_SIZE(states); i++)
@@ -324,6 +368,8 @@ int cmd_export(int argc, char **argv)
 	have_cfg = true;
 	if (ps_db_open(cfg.database, &db, &err) < 0)
 		goto fail;
+	if (sign_key != NULL && ps_sign_check_key(sign_key, &err) < 0)
+		goto fail;
 	if (out_path != NULL && (out = fopen(out_path, "w")) == NULL) {
 		ps_fail(&err, PS_EIO, "%s: cannot write it", out_path);
 		out = stdout;
@@ -331,8 +377,32 @@ int cmd_export(int argc, char **argv)
 	}
 	if (ps_export(db, &filter, format, out, &count, &err) < 0)
 		goto fail;
+	if (out != stdout) {
+		int closed = fclose(out);
+
+		out = stdout;
+		if (closed != 0) {
+			ps_fail(&err, PS_EIO, "%s: writing the export failed: %s", out_path,
+				strerror(errno));
+			goto fail;
+		}
+	}
 	if (out_path != NULL)
 		fprintf(stderr, "exported %ld rows to %s\n", count, out_path);
+	if (sign_key != NULL) {
+		struct ps_signature_info sig;
+		char sig_path[PATH_MAX];
+
+		if (snprintf(sig_path, sizeof(sig_path), "%s.sig", out_path) >=
+		    (int)sizeof(sig_path)) {
+			ps_fail(&err, PS_EINVAL, "%s: path too long", out_path);
+			goto fail;
+		}
+		if (ps_sign_file(out_path, sign_key, sig_path, &sig, &err) < 0)
+			goto fail;
+		fprintf(stderr, "signed %s: %s (%s, station key sha256:%s)\n", out_path, sig_path,
+			sig.algorithm, sig.key_sha256);
+	}
 	goto out;
 fail:
 	rc = cli_error(&err);

@@ -14,6 +14,10 @@ static const struct ps_command commands[] = {
 	{"provision", cmd_provision, "personalize a Mender image or disk for one device"},
 	{"verify", cmd_verify, "check a personalized image against the CA"},
 	{"export", cmd_export, "print the audit rows as CSV or JSON lines"},
+	{"revoke", cmd_revoke, "revoke a certificate, or every certificate of a device"},
+	{"crl", cmd_crl, "write the CA's revocation list (PEM) or the revoked serials"},
+	{"import", cmd_import, "merge another station's export into the audit database"},
+	{"audit", cmd_audit, "verify the audit trail's hash chain, or back it up online"},
 	{"demo", cmd_demo, "create a demo workspace and provision a sample image"},
 
 	{"help", cmd_help, "list the commands"},

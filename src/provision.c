@@ -570,6 +570,11 @@ int ps_provision(const struct ps_provision_request *req, struct ps_provision_res
 		goto out;
 	}
 	rc = ps_db_set_state(req->db, res->audit_id, PS_STATE_VERIFIED, "", &ctx, err);
+	/* Field service: this device's earlier certificates are superseded (and revoked when
+	 * the configuration says so). */
+	if (rc == 0)
+		rc = ps_db_supersede(req->db, req->serial, res->audit_id, cfg->revoke_superseded,
+				     &ctx, err);
 	if (rc == 0)
 		emit(req, PS_STAGE_DONE);
 out:

@@ -346,15 +346,16 @@ check_image() {
 	run_ok "$PS" verify --target "$img" --config "$TMP/$n.conf" --ca-dir "$CA"
 	verdict "$t: provstation verify exits 0"
 
-	# the audit rows of this device: one per provisioning, all verified, the last one is the
-	# certificate in the image
+	# the audit rows of this device: one per provisioning; the last one is verified and is the
+	# certificate in the image, every earlier one superseded by it (field service)
 	img_serial=$(cert_serial "$w/cert.pem")
 	echo "$img_serial" >"$w/serial"
 	audit_rows "$serial" >"$w/rows"
 	same "$(wc -l <"$w/rows")" "$round" "rows for $serial"
 	verdict "$t: the export has $round row(s) for $serial"
-	! grep -v '^verified ' "$w/rows" >>"$TMP/why"
-	verdict "$t: every row of $serial is in state verified"
+	{ [ "$(tail -n 1 "$w/rows" | cut -d' ' -f1)" = verified ] &&
+		! head -n -1 "$w/rows" | grep -v '^superseded ' >>"$TMP/why"; }
+	verdict "$t: the newest row of $serial is verified, every earlier one superseded"
 	want_row="verified $img_serial $cn $(spki_sha256 "$w/cert.pem") $serial"
 	same "$(tail -n 1 "$w/rows")" "$want_row" "newest row"
 	verdict "$t: the newest row has the device serial, commonName, cert serial (openssl x509 -serial) and pubkey_sha256 (sha256 of the DER SPKI)"
@@ -494,19 +495,20 @@ if verdict "big: mkmenderimg.sh --size 16384 builds a sparse 16 GiB image"; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# the audit as a whole: every provisioning above is one verified row, nothing else
+# the audit as a whole: every provisioning above is one row, verified or (the first round of a
+# re-provisioned device) superseded, nothing else
 # ---------------------------------------------------------------------------------------------
 "$PS" export --format csv --db "$DB" >"$TMP/all.csv" 2>"$TMP/why"
 python3 -c '
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1], newline="")))
-states = sorted(set(r["state"] for r in rows))
-if len(rows) != int(sys.argv[2]) or states != ["verified"]:
+states = sorted(r["state"] for r in rows)
+if len(rows) != int(sys.argv[2]) or states != ["superseded"] * 7 + ["verified"] * 8:
     sys.exit("%d rows in states %s" % (len(rows), states))
 serials = [r["cert_serial"] for r in rows]
 if len(set(serials)) != len(serials):
     sys.exit("certificate serials repeat")
 ' "$TMP/all.csv" 15 >>"$TMP/why" 2>&1
-verdict "the export has 15 rows (7 layouts x 2 + 1), all verified, no cert serial twice"
+verdict "the export has 15 rows (7 layouts x 2 + 1): 8 verified, 7 superseded, no cert serial twice"
 
 done_testing
