@@ -21,6 +21,8 @@ int cmd_provision(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_devices(int argc, char **argv);
+int cmd_station(int argc, char **argv);
 int cmd_revoke(int argc, char **argv);
 int cmd_crl(int argc, char **argv);
 int cmd_import(int argc, char **argv);

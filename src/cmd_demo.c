@@ -1,8 +1,11 @@
 /* cmd_demo.c — `provstation demo`: a demo workspace (a CA, a configuration, sample Mender
- * images as virtual slots) on which a newcomer can provision without hardware. */
+ * images as virtual slots) and the station's screen on it, so a newcomer can provision
+ * without hardware; `--no-tui` provisions one sample image and prints what it did. */
 #include "audit.h"
 #include "cli.h"
 #include "provision.h"
+#include "station.h"
+#include "tui.h"
 #include "util.h"
 
 #include <errno.h>
@@ -30,12 +33,14 @@ static const struct {
 
 static void usage_demo(FILE *out)
 {
-	fprintf(out, "usage: provstation demo [--dir DIR]\n"
+	fprintf(out, "usage: provstation demo [--dir DIR] [--no-tui] [--no-color]\n"
 		     "\n"
 		     "Create (or reuse) a demo workspace in DIR (default\n"
 		     "~/.local/share/provstation/demo): a CA, station.conf, an audit database and\n"
-		     "sample Mender images as virtual slots; then provision one sample image and\n"
-		     "show what was written.\n");
+		     "sample Mender images in DIR/slots, which the station shows as virtual slots;\n"
+		     "then start the station's screen on it: type a serial and press Enter.\n"
+		     "With --no-tui (or without a terminal), provision one sample image and print\n"
+		     "what was written instead.\n");
 }
 
 /* The image builder shipped with provstation: beside the binary in a build tree, or
@@ -97,6 +102,10 @@ static int write_config(const char *dir, const char *path, struct ps_err *err)
 			 "id = demo-station\n"
 			 "database = %s/audit.db\n"
 			 "batch = DEMO-BATCH-1\n"
+			 "# Image files in this directory are virtual slots; real disks are not\n"
+			 "# watched in the demo.\n"
+			 "slots_dir = %s/slots\n"
+			 "hotplug = false\n"
 			 "\n[ca]\n"
 			 "dir = %s/ca\n"
 			 "\n[device]\n"
@@ -108,7 +117,7 @@ static int write_config(const char *dir, const char *path, struct ps_err *err)
 			 "# The sample images name their server in /etc/mender/mender.conf,\n"
 			 "# so server_url stays unset here (the main file would win).\n"
 			 "conf_target = data\n",
-			 dir, dir);
+			 dir, dir, dir);
 
 	if (n < 0 || (size_t)n >= sizeof(text))
 		return ps_fail(err, PS_EINVAL, "demo path too long");
@@ -188,29 +197,79 @@ static int count_rows(const struct ps_cert_row *row, void *user)
 	return 0;
 }
 
+/* Without a terminal: provision the next sample image and print what was written. */
+static int demo_once(const char *dir, const char *conf_path, const struct ps_config *cfg,
+		     struct ps_ca *ca, struct ps_err *err)
+{
+	struct ps_provision_request req = {0};
+	struct ps_provision_result res;
+	char target[PATH_MAX], serial[32];
+	struct ps_db *db = NULL;
+	long rows = 0;
+	int i, rc;
+
+	rc = ps_db_open(cfg->database, &db, err);
+	if (rc == 0)
+		rc = ps_db_each(db, NULL, count_rows, &rows, err);
+	if (rc == 0)
+		rc = join(target, sizeof(target), dir, "slots", err);
+	if (rc == 0)
+		rc = join(target + strlen(target), sizeof(target) - strlen(target), "",
+			  samples[rows % 3].file, err);
+	if (rc < 0)
+		goto out;
+	snprintf(serial, sizeof(serial), "DEMO-%04ld", rows + 1);
+	req = (struct ps_provision_request){.cfg = cfg, .target = target, .serial = serial,
+					    .ca = ca, .db = db, .target_is_slot = true};
+	rc = ps_provision(&req, &res, err);
+	if (rc < 0)
+		goto out;
+	printf("\nprovisioned %s on %s\n"
+	       "  commonName   %s\n"
+	       "  cert serial  %s\n"
+	       "  public key   sha256:%s\n"
+	       "  data         %s\n",
+	       serial, target, res.common_name, res.cert_serial, res.pubkey_sha256,
+	       res.data_partition);
+	for (i = 0; i < res.n_written; i++)
+		printf("  wrote        %s\n", res.written[i]);
+	printf("  audit        row %lld in %s: verified\n\n"
+	       "Next: provstation station --config %s   (the station's screen)\n"
+	       "      provstation verify --config %s --target %s\n"
+	       "      provstation export --config %s --format csv\n",
+	       (long long)res.audit_id, cfg->database, conf_path, conf_path, target, conf_path);
+out:
+	ps_db_close(db);
+	return rc;
+}
+
 int cmd_demo(int argc, char **argv)
 {
 	static const struct option opts[] = {
 		{"dir", required_argument, NULL, 'd'},
+		{"no-tui", no_argument, NULL, 'n'},
+		{"no-color", no_argument, NULL, 'c'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	char default_dir[PATH_MAX], conf_path[PATH_MAX], target[PATH_MAX], serial[32];
+	char default_dir[PATH_MAX], conf_path[PATH_MAX], slots[PATH_MAX];
 	const char *dir = NULL, *home = getenv("HOME");
-	struct ps_provision_request req = {0};
-	struct ps_provision_result res;
+	struct ps_tui_options tui = {.title = "demo"};
+	struct ps_station *st = NULL;
 	struct ps_config cfg;
 	struct ps_ca ca;
-	struct ps_db *db = NULL;
 	struct ps_err err = {""};
-	bool have_cfg = false, have_ca = false;
-	long rows = 0;
-	int c, i, rc = PS_EXIT_OK;
+	bool have_cfg = false, have_ca = false, no_tui = false;
+	int c, rc = PS_EXIT_OK;
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		if (c == 'd') {
 			dir = optarg;
+		} else if (c == 'n') {
+			no_tui = true;
+		} else if (c == 'c') {
+			tui.no_color = true;
 		} else if (c == 'h') {
 			usage_demo(stdout);
 			return PS_EXIT_OK;
@@ -225,45 +284,40 @@ int cmd_demo(int argc, char **argv)
 			 home && *home ? home : "/tmp");
 		dir = default_dir;
 	}
+	if (!no_tui && (!isatty(STDIN_FILENO) || !isatty(STDOUT_FILENO))) {
+		printf("no terminal: provisioning one sample image instead of starting the "
+		       "station's screen\n");
+		no_tui = true;
+	}
+	if (!no_tui)
+		ps_tui_init_locale();
 	printf("provstation demo workspace: %s\n", dir);
 	if (make_workspace(dir, &err) < 0)
 		goto fail;
 	if (join(conf_path, sizeof(conf_path), dir, "station.conf", &err) < 0 ||
+	    join(slots, sizeof(slots), dir, "slots", &err) < 0 ||
 	    ps_config_load(&cfg, conf_path, &err) < 0)
 		goto fail;
 	have_cfg = true;
+	/* Whatever an older demo configuration says: the sample images, never real disks. */
+	cfg.hotplug = false;
+	if (ps_config_set(&cfg.slots_dir, slots, &err) < 0)
+		goto fail;
 	if (ps_ca_load(&ca, cfg.ca_dir, true, NULL, &err) < 0)
 		goto fail;
 	have_ca = true;
-	if (ps_db_open(cfg.database, &db, &err) < 0 || ps_db_each(db, NULL, count_rows, &rows, &err) < 0)
+	if (no_tui) {
+		if (demo_once(dir, conf_path, &cfg, &ca, &err) < 0)
+			goto fail;
+		goto out;
+	}
+	if (ps_station_open(&cfg, &ca, &st, &err) < 0 || ps_tui_run(st, &cfg, &ca, &tui, &err) < 0)
 		goto fail;
-	snprintf(serial, sizeof(serial), "DEMO-%04ld", rows + 1);
-	if (join(target, sizeof(target), dir, "slots", &err) < 0 ||
-	    join(target + strlen(target), sizeof(target) - strlen(target), "",
-		 samples[rows % 3].file, &err) < 0)
-		goto fail;
-	req = (struct ps_provision_request){.cfg = &cfg, .target = target, .serial = serial,
-					    .ca = &ca, .db = db};
-	if (ps_provision(&req, &res, &err) < 0)
-		goto fail;
-	printf("\nprovisioned %s on %s\n"
-	       "  commonName   %s\n"
-	       "  cert serial  %s\n"
-	       "  public key   sha256:%s\n"
-	       "  data         %s\n",
-	       serial, target, res.common_name, res.cert_serial, res.pubkey_sha256,
-	       res.data_partition);
-	for (i = 0; i < res.n_written; i++)
-		printf("  wrote        %s\n", res.written[i]);
-	printf("  audit        row %lld in %s: verified\n\n"
-	       "Next: provstation verify --config %s --target %s\n"
-	       "      provstation export --config %s --format csv\n",
-	       (long long)res.audit_id, cfg.database, conf_path, target, conf_path);
 	goto out;
 fail:
 	rc = cli_error(&err);
 out:
-	ps_db_close(db);
+	ps_station_close(st);
 	if (have_ca)
 		ps_ca_free(&ca);
 	if (have_cfg)

@@ -18,6 +18,8 @@ static const struct ps_command commands[] = {
 	{"crl", cmd_crl, "write the CA's revocation list (PEM) or the revoked serials"},
 	{"import", cmd_import, "merge another station's export into the audit database"},
 	{"audit", cmd_audit, "verify the audit trail's hash chain, or back it up online"},
+	{"devices", cmd_devices, "list disks and USB boards: port, slot, serial, safety"},
+	{"station", cmd_station, "the provisioning station's screen (slots, serials, audit)"},
 	{"demo", cmd_demo, "create a demo workspace and provision a sample image"},
 
 	{"help", cmd_help, "list the commands"},

@@ -509,16 +509,17 @@ static void on_hotplug(enum ps_hotplug_event event, const struct ps_disk *disk,
 	pthread_mutex_unlock(&st->lock);
 }
 
+/* The image files already there, in name order (the first waits longest). */
 static void scan_slots_dir(struct ps_station *st)
 {
-	DIR *dir = opendir(st->cfg->slots_dir);
-	struct dirent *de;
+	struct dirent **names = NULL;
+	int n = scandir(st->cfg->slots_dir, &names, NULL, alphasort), i;
 
-	if (dir == NULL)
-		return;
-	while ((de = readdir(dir)) != NULL)
-		virtual_added(st, de->d_name);
-	closedir(dir);
+	for (i = 0; i < n; i++) {
+		virtual_added(st, names[i]->d_name);
+		free(names[i]);
+	}
+	free(names);
 }
 
 static void drain_inotify(struct ps_station *st)
@@ -867,9 +868,13 @@ int ps_station_reset(struct ps_station *st, int slot_id, struct ps_err *err)
 
 	pthread_mutex_lock(&st->lock);
 	slot = slot_by_id(st, slot_id);
-	if (slot == NULL || !slot->view.is_virtual ||
-	    (slot->view.state != PS_SLOT_PASS && slot->view.state != PS_SLOT_FAIL)) {
-		rc = ps_fail(err, PS_EBUSY, "only a finished image-file slot can be reset");
+	if (slot == NULL ||
+	    !(slot->view.state == PS_SLOT_WAITING_CONFIRM ||
+	      (slot->view.is_virtual &&
+	       (slot->view.state == PS_SLOT_PASS || slot->view.state == PS_SLOT_FAIL)))) {
+		rc = ps_fail(err, PS_EBUSY,
+			     "only a slot waiting for a confirm or a finished image-file slot can "
+			     "be reset");
 	} else {
 		slot->view.serial[0] = slot->view.common_name[0] = '\0';
 		set_state(st, slot, PS_SLOT_WAITING_SERIAL, "scan or type the serial");

@@ -30,7 +30,7 @@ enum ps_slot_state {
 	PS_SLOT_NOT_A_SLOT,    /* a disk on no configured port: shown, never written */
 };
 
-/* Short upper-case name of a state for display ("WAITING FOR SERIAL", "PASS", ...). */
+/* Name of a state for display and logs ("waiting for serial", "PASS", ...). */
 const char *ps_slot_state_name(enum ps_slot_state state);
 /* True while a job runs on the slot. */
 bool ps_slot_state_busy(enum ps_slot_state state);
@@ -99,8 +99,9 @@ int ps_station_submit_serial(struct ps_station *st, int slot, const char *serial
 			     bool reprovision, struct ps_err *err);
 /* Start a slot that waits for the operator's confirm key. */
 int ps_station_confirm(struct ps_station *st, int slot, struct ps_err *err);
-/* Return a finished slot (PASS or FAIL) of a virtual image to WAITING_SERIAL, e.g. to
- * provision the same image file again; physical slots go back to empty when removed. */
+/* Return a slot to WAITING_SERIAL: one waiting for a confirm (the operator takes the serial
+ * back), or a finished (PASS or FAIL) virtual image, e.g. to provision the same image file
+ * again; physical slots go back to empty when removed. */
 int ps_station_reset(struct ps_station *st, int slot, struct ps_err *err);
 
 void ps_station_counts(struct ps_station *st, struct ps_station_counts *out);

@@ -64,6 +64,17 @@ int ps_hotplug_fd(struct ps_hotplug *hp);
 int ps_hotplug_dispatch(struct ps_hotplug *hp, struct ps_err *err);
 void ps_hotplug_close(struct ps_hotplug *hp);
 
+/* What is reported: whole disks (no partitions, RAM or zram disks); a loop device while it
+ * has a backing file (losetup attaching and detaching it reads as ADDED and REMOVED);
+ * DISK_CHANGED only when what is shown of the disk differs from the last report (size,
+ * removable, read-only, vendor, model, ID_PATH, CID serial, node) or the kernel flags a media
+ * change, not for udev's change event after every write; a new disk on the node of a known one
+ * whose removal was missed reports that one REMOVED first. Without udevd (containers) the
+ * kernel's uevents are watched and disks have no ID_PATH. One thread owns a ps_hotplug. */
+
+/* A short name for an event, for logs and `provstation devices --watch` ("disk-added"). */
+const char *ps_hotplug_event_name(enum ps_hotplug_event event);
+
 /* Describe one block device by its node (for the CLI and the safety gate's messages). */
 int ps_hotplug_describe(const char *node, struct ps_disk *disk, struct ps_err *err);
 
