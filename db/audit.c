@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION	2
+#define SCHEMA_VERSION	3
 #define BUSY_MS_DEFAULT 5000
 
 static const char *const migrations[SCHEMA_VERSION] = {
@@ -65,6 +65,29 @@ static const char *const migrations[SCHEMA_VERSION] = {
     "CREATE TABLE crl_numbers (ca_fingerprint TEXT PRIMARY KEY, last INTEGER NOT NULL);",
     /* 2: revocation looks certificates up by their serial alone */
     "CREATE INDEX certificates_serial ON certificates(cert_serial);",
+    /* 3: the preauthorization outbox (db/outbox.c): one row per certificate to preauthorize
+     * on the Mender server, its attempts, and the device id the server gave it */
+    "CREATE TABLE preauth_outbox ("
+    "  id INTEGER PRIMARY KEY,"
+    "  cert_id INTEGER NOT NULL UNIQUE REFERENCES certificates(id),"
+    "  device_serial TEXT NOT NULL,"
+    "  common_name TEXT NOT NULL,"
+    "  identity TEXT NOT NULL,"
+    "  state TEXT NOT NULL CHECK (state IN ('pending','done','failed','cancelled')),"
+    "  result TEXT NOT NULL DEFAULT '',"
+    "  attempts INTEGER NOT NULL DEFAULT 0,"
+    "  next_attempt_ms INTEGER NOT NULL DEFAULT 0,"
+    "  claimed_by INTEGER NOT NULL DEFAULT 0,"
+    "  claimed_until_ms INTEGER NOT NULL DEFAULT 0,"
+    "  last_error TEXT NOT NULL DEFAULT '',"
+    "  device_id TEXT NOT NULL DEFAULT '',"
+    "  server TEXT NOT NULL DEFAULT '',"
+    "  created_at TEXT NOT NULL,"
+    "  updated_at TEXT NOT NULL,"
+    "  sent_at TEXT NOT NULL DEFAULT ''"
+    ");"
+    "CREATE INDEX preauth_outbox_due ON preauth_outbox(state, next_attempt_ms);"
+    "CREATE INDEX preauth_outbox_device ON preauth_outbox(device_serial);",
 };
 
 int db_fail(struct ps_db *db, int code, const char *what, struct ps_err *err)

@@ -3,6 +3,7 @@
 #include "audit.h"
 #include "cli.h"
 #include "export.h"
+#include "preauth.h"
 #include "provision.h"
 #include "sign.h"
 #include "util.h"
@@ -15,7 +16,7 @@
 #include <string.h>
 
 enum { OPT_CONFIG = 1000, OPT_CA_DIR, OPT_DB, OPT_PASSFILE, OPT_TARGET, OPT_SERIAL,
-       OPT_ALLOW_UNLISTED, OPT_ALLOW_FIXED };
+       OPT_ALLOW_UNLISTED, OPT_ALLOW_FIXED, OPT_PREAUTH };
 
 #define COMMON_OPTIONS                                                                         \
 	{"config", required_argument, NULL, OPT_CONFIG},                                       \
@@ -49,7 +50,7 @@ static void usage_provision(FILE *out)
 	fprintf(out,
 		"usage: provstation provision --target PATH --serial SERIAL [--config FILE]\n"
 		"                             [--ca-dir DIR] [--db FILE] [--passphrase-file F]\n"
-		"                             [--allow-unlisted] [--allow-fixed-disk]\n"
+		"                             [--allow-unlisted] [--allow-fixed-disk] [--preauth]\n"
 		"\n"
 		"Personalize one device: PATH is a Mender disk image (.sdimg, .uefiimg, .img) or\n"
 		"a whole-disk block device. Issues a key and a client certificate signed by the CA,\n"
@@ -59,7 +60,11 @@ static void usage_provision(FILE *out)
 		"A block device passes the safety gate first: no partition of it mounted, not\n"
 		"the system's disk, no swap, no LVM/md/dm holder, not write-protected, removable\n"
 		"or on USB/MMC (--allow-fixed-disk overrides), and a station slot\n"
-		"(--allow-unlisted overrides). Refusals are logged to syslog.\n");
+		"(--allow-unlisted overrides). Refusals are logged to syslog.\n"
+		"\n"
+		"--preauth queues the device for preauthorization on the Mender server ([preauth]\n"
+		"in the configuration) and tries to send it at once; what cannot be sent stays\n"
+		"queued (see provstation preauth).\n");
 }
 
 static void usage_verify(FILE *out)
@@ -112,6 +117,42 @@ static int print_history(const struct ps_cert_row *row, void *user)
 	return 0;
 }
 
+static void preauth_report(const struct ps_preauth_event *ev, void *user)
+{
+	switch (ev->result) {
+	case PS_PREAUTH_CREATED:
+	case PS_PREAUTH_EXISTING:
+	case PS_PREAUTH_REPLACED:
+		printf("  preauth      device %s (%s)\n", ev->device_id,
+		       ps_preauth_result_name(ev->result));
+		break;
+	case PS_PREAUTH_FAILED:
+		printf("  preauth      FAILED: %s\n", ev->message);
+		break;
+	default:
+		printf("  preauth      queued, not sent yet: %s\n", ev->message);
+		break;
+	}
+}
+
+/* The device is queued (ps_provision did it): one attempt now; what fails stays queued for the
+ * station or `provstation preauth flush`. */
+static void preauth_now(struct ps_db *db, const struct ps_config *cfg, int64_t cert_id)
+{
+	struct ps_preauth_flush_opts opts = {.only_cert_id = cert_id,
+					     .policy = cfg->preauth_on_conflict,
+					     .report = preauth_report};
+	struct ps_preauth_flush_result fres = {0};
+	struct ps_preauth_client *client = NULL;
+	struct ps_err err = {""};
+
+	if (ps_preauth_client_open(cfg, NULL, &client, &err) < 0)
+		printf("  preauth      queued, not sent yet: %s\n", err.msg);
+	else if (ps_preauth_flush(db, client, &opts, &fres, &err) < 0 && fres.retried == 0)
+		printf("  preauth      queued, not sent yet: %s\n", err.msg);
+	ps_preauth_client_close(client);
+}
+
 int cmd_provision(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -121,6 +162,7 @@ int cmd_provision(int argc, char **argv)
 		{"passphrase-file", required_argument, NULL, OPT_PASSFILE},
 		{"allow-unlisted", no_argument, NULL, OPT_ALLOW_UNLISTED},
 		{"allow-fixed-disk", no_argument, NULL, OPT_ALLOW_FIXED},
+		{"preauth", no_argument, NULL, OPT_PREAUTH},
 		{NULL, 0, NULL, 0},
 	};
 	struct common_args args = {0};
@@ -155,6 +197,9 @@ int cmd_provision(int argc, char **argv)
 		case OPT_ALLOW_FIXED:
 			req.safety.allow_fixed = true;
 			break;
+		case OPT_PREAUTH:
+			req.preauth = true;
+			break;
 		case 'h':
 			usage_provision(stdout);
 			return PS_EXIT_OK;
@@ -170,6 +215,12 @@ int cmd_provision(int argc, char **argv)
 	if (cli_load_config(&cfg, args.config, args.ca_dir, args.db, &err) < 0)
 		goto fail;
 	have_cfg = true;
+	if (req.preauth && !cfg.preauth_enabled) {
+		ps_fail(&err, PS_EINVAL,
+			"--preauth needs [preauth] enabled = true (and server, credentials) in %s",
+			cfg.source ? cfg.source : PS_DEFAULT_CONFIG);
+		goto fail;
+	}
 	if (pass.file == NULL && cfg.ca_passphrase_file[0] != '\0')
 		pass.file = cfg.ca_passphrase_file;
 	if (ps_ca_load(&ca, cfg.ca_dir, true, &pass, &err) < 0)
@@ -202,6 +253,8 @@ int cmd_provision(int argc, char **argv)
 		printf("  superseded   %ld earlier certificate%s of %s%s\n", history.in_use,
 		       history.in_use == 1 ? "" : "s", req.serial,
 		       cfg.revoke_superseded ? " (and revoked)" : "");
+	if (req.preauth)
+		preauth_now(db, &cfg, res.audit_id);
 	goto out;
 fail:
 	rc = cli_error(&err);

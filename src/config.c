@@ -1,6 +1,7 @@
 /* config.c — the station configuration (see config.h). The INI reader is ours: Debian's inih
  * is built with a 200-byte line limit, shorter than a Mender tenant token. */
 #include "config.h"
+#include "preauth.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -16,7 +17,7 @@
 
 enum setting_kind { SET_STRING, SET_DAYS, SET_KEY_TYPE, SET_CONF_TARGET, SET_PARTITION,
 		    SET_PARTITION_LIST, SET_BOOL, SET_PORTS, SET_SERIAL_SOURCE, SET_USB_IDS,
-		    SET_SECONDS, SET_REGEX };
+		    SET_SECONDS, SET_REGEX, SET_ON_CONFLICT };
 
 /* Which object a setting lives in: the configuration, the current [slot NAME] or
  * [board NAME]. */
@@ -57,6 +58,15 @@ static const struct setting settings[] = {
 	S("station", "serial_pattern", SET_REGEX, serial_pattern),
 	S("station", "confirm", SET_BOOL, confirm),
 	S("station", "hotplug", SET_BOOL, hotplug),
+	S("preauth", "enabled", SET_BOOL, preauth_enabled),
+	S("preauth", "server", SET_STRING, preauth_server),
+	S("preauth", "token_file", SET_STRING, preauth_token_file),
+	S("preauth", "username", SET_STRING, preauth_username),
+	S("preauth", "password_file", SET_STRING, preauth_password_file),
+	S("preauth", "ca_bundle", SET_STRING, preauth_ca_bundle),
+	S("preauth", "identity", SET_STRING, preauth_identity),
+	S("preauth", "serial_file", SET_STRING, preauth_serial_file),
+	S("preauth", "on_conflict", SET_ON_CONFLICT, preauth_on_conflict),
 	SLOT("ports", SET_PORTS, ports),
 	SLOT("serial_source", SET_SERIAL_SOURCE, serial_source),
 	SLOT("serial_prefix", SET_STRING, serial_prefix),
@@ -125,6 +135,20 @@ static int set_defaults(struct ps_config *cfg, struct ps_err *err)
 		rc = ps_config_set(&cfg->slots_dir, "", err);
 	if (rc == 0)
 		rc = ps_config_set(&cfg->serial_pattern, "", err);
+	if (rc == 0)
+		rc = ps_config_set(&cfg->preauth_server, "", err);
+	if (rc == 0)
+		rc = ps_config_set(&cfg->preauth_token_file, "", err);
+	if (rc == 0)
+		rc = ps_config_set(&cfg->preauth_username, "", err);
+	if (rc == 0)
+		rc = ps_config_set(&cfg->preauth_password_file, "", err);
+	if (rc == 0)
+		rc = ps_config_set(&cfg->preauth_ca_bundle, "", err);
+	if (rc == 0)
+		rc = ps_config_set(&cfg->preauth_identity, PS_PREAUTH_DEFAULT_IDENTITY, err);
+	if (rc == 0)
+		rc = ps_config_set(&cfg->preauth_serial_file, "", err);
 	cfg->hotplug = true;
 	return rc;
 }
@@ -302,6 +326,14 @@ static int apply_setting(struct ps_config *cfg, void *base, const struct setting
 		}
 		return 0;
 	}
+	case SET_ON_CONFLICT:
+		if (strcmp(value, "fail") == 0)
+			*(enum ps_preauth_conflict_policy *)field = PS_PREAUTH_CONFLICT_FAIL;
+		else if (strcmp(value, "replace") == 0)
+			*(enum ps_preauth_conflict_policy *)field = PS_PREAUTH_CONFLICT_REPLACE;
+		else
+			rc = ps_fail(err, PS_EINVAL, "'%s' is not fail or replace", value);
+		return rc;
 	case SET_SECONDS:
 		rc = ps_parse_int("seconds", value, 1, 3600, &n, err);
 		if (rc == 0)
@@ -453,6 +485,39 @@ static int parse_ini(struct ps_config *cfg, char *text, const char *name, struct
 	return 0;
 }
 
+/* [preauth]: the identity template and serial file always (provisioning writes the serial
+ * file whether or not preauthorization is on); server and credentials when enabled. */
+static int check_preauth(const struct ps_config *cfg, const char *name, struct ps_err *err)
+{
+	char *identity = NULL;
+	int rc;
+
+	rc = ps_preauth_identity(cfg->preauth_identity, "SERIAL0001", "SERIAL0001", &identity, err);
+	free(identity);
+	if (rc < 0)
+		return ps_prefix(err, rc, "%s: [preauth] identity", name);
+	rc = ps_preauth_check_serial_file(cfg->preauth_serial_file, err);
+	if (rc < 0)
+		return ps_prefix(err, rc, "%s: [preauth] serial_file", name);
+	if (!cfg->preauth_enabled)
+		return 0;
+	if (strncmp(cfg->preauth_server, "https://", 8) != 0 || cfg->preauth_server[8] == '\0')
+		return ps_fail(err, PS_EINVAL,
+			       "%s: [preauth] server must be an https:// URL (got '%s')", name,
+			       strchr(cfg->preauth_server, '@') ? "..." : cfg->preauth_server);
+	if (memchr(cfg->preauth_server + 8, '@', strcspn(cfg->preauth_server + 8, "/?#")) != NULL)
+		return ps_fail(err, PS_EINVAL,
+			       "%s: [preauth] server must not hold credentials (user@host): use "
+			       "token_file, or username and password_file",
+			       name);
+	if (cfg->preauth_token_file[0] != '\0' && cfg->preauth_username[0] != '\0')
+		return ps_fail(err, PS_EINVAL,
+			       "%s: [preauth] token_file and username exclude each other", name);
+	if (cfg->preauth_password_file[0] != '\0' && cfg->preauth_username[0] == '\0')
+		return ps_fail(err, PS_EINVAL, "%s: [preauth] password_file needs username", name);
+	return 0;
+}
+
 /* Checks that span settings, after the file is read. */
 static int check_config(struct ps_config *cfg, const char *name, struct ps_err *err)
 {
@@ -472,6 +537,8 @@ static int check_config(struct ps_config *cfg, const char *name, struct ps_err *
 	rc = ps_subject_parse(cfg->subject, subject, false, err);
 	if (rc < 0)
 		rc = ps_prefix(err, rc, "%s: [device] subject", name);
+	if (rc == 0)
+		rc = check_preauth(cfg, name, err);
 out:
 	X509_NAME_free(subject);
 	return rc;

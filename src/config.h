@@ -14,6 +14,13 @@
 #define PS_SERIAL_MAX	    64
 #define PS_MAX_ROOTFS	    4
 
+/* [preauth] on_conflict: what a conflicting device on the server (same identity, another key)
+ * gets. */
+enum ps_preauth_conflict_policy {
+	PS_PREAUTH_CONFLICT_FAIL,    /* record a failure naming the device (default) */
+	PS_PREAUTH_CONFLICT_REPLACE, /* replace its key (field service) */
+};
+
 enum ps_conf_target {
 	PS_CONF_TARGET_DATA,   /* merge into the data partition's mender.conf (default) */
 	PS_CONF_TARGET_ROOTFS, /* merge into every root filesystem's /etc/mender/mender.conf */
@@ -89,6 +96,17 @@ struct ps_config {
 	char *serial_pattern; /* POSIX extended regex a scanned serial must match, or "" */
 	bool confirm;	      /* wait for the operator's confirm key before starting a job */
 	bool hotplug;	      /* watch udev for disks and boards (default true) */
+
+	/* [preauth]: preauthorizing devices through the Mender management API */
+	bool preauth_enabled;
+	char *preauth_server;	     /* https://mender.example.com */
+	char *preauth_token_file;    /* personal access token, mode 0600 */
+	char *preauth_username;	     /* or: log in as this user */
+	char *preauth_password_file; /* with this password, mode 0600 */
+	char *preauth_ca_bundle;     /* CA bundle for a private server, or "" */
+	char *preauth_identity;	     /* identity_data template, JSON with {serial} and {cn} */
+	char *preauth_serial_file;   /* the serial written into the data partition, or "" */
+	enum ps_preauth_conflict_policy preauth_on_conflict;
 
 	struct ps_slot_config slots[PS_MAX_CONFIG_SLOTS];
 	int n_slots;

@@ -20,6 +20,7 @@ static const struct ps_command commands[] = {
 	{"audit", cmd_audit, "verify the audit trail's hash chain, or back it up online"},
 	{"devices", cmd_devices, "list disks and USB boards: port, slot, serial, safety"},
 	{"station", cmd_station, "the provisioning station's screen (slots, serials, audit)"},
+	{"preauth", cmd_preauth, "preauthorize devices on the Mender server; the outbox"},
 	{"demo", cmd_demo, "create a demo workspace and provision a sample image"},
 
 	{"help", cmd_help, "list the commands"},

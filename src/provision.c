@@ -3,6 +3,7 @@
 #include "provision.h"
 #include "image.h"
 #include "menderconf.h"
+#include "preauth.h"
 #include "util.h"
 
 #include <openssl/x509v3.h>
@@ -32,6 +33,7 @@ struct plan {
 	struct ps_mender_settings settings;
 	char *server_cert_pem;
 	size_t server_cert_len;
+	char serial_text[PS_SERIAL_MAX + 2]; /* "SERIAL\n" for [preauth] serial_file, or "" */
 };
 
 static void emit(const struct ps_provision_request *req, enum ps_stage stage)
@@ -167,8 +169,9 @@ static int plan_open(struct plan *plan, const struct ps_config *cfg, const char 
 }
 
 /* The files the data partition receives. key/cert may be placeholders of the right size. */
-static size_t data_files(struct plan *plan, const char *key, size_t key_len, const char *cert,
-			 size_t cert_len, const char *conf_text, struct ps_fs_file *files)
+static size_t data_files(struct plan *plan, const struct ps_config *cfg, const char *key,
+			 size_t key_len, const char *cert, size_t cert_len, const char *conf_text,
+			 struct ps_fs_file *files)
 {
 	size_t n = 0;
 
@@ -181,6 +184,10 @@ static size_t data_files(struct plan *plan, const char *key, size_t key_len, con
 		files[n++] = (struct ps_fs_file){PS_DATA_DIR "/" PS_CONF_NAME, conf_text,
 						 strlen(conf_text),
 						 plan->data.conf ? plan->data.mode : 0600};
+	/* The serial, for the identity script (scripts/mender-device-identity). */
+	if (cfg->preauth_serial_file[0] != '\0' && plan->serial_text[0] != '\0')
+		files[n++] = (struct ps_fs_file){cfg->preauth_serial_file, plan->serial_text,
+						 strlen(plan->serial_text), 0644};
 	return n;
 }
 
@@ -205,7 +212,7 @@ static int plan_check(struct plan *plan, const struct ps_config *cfg, struct ps_
 {
 	static const struct ps_mender_settings none;
 	const size_t pem_max = 8192; /* a generous size for the key and certificate to come */
-	struct ps_fs_file files[4];
+	struct ps_fs_file files[5];
 	char *text = NULL;
 	json_t *merged = NULL;
 	int i, roots_with_conf = 0;
@@ -252,7 +259,7 @@ static int plan_check(struct plan *plan, const struct ps_config *cfg, struct ps_
 		text = NULL;
 	}
 	if (rc == 0) {
-		n = data_files(plan, NULL, pem_max, NULL, pem_max,
+		n = data_files(plan, cfg, NULL, pem_max, NULL, pem_max,
 			       cfg->conf_target == PS_CONF_TARGET_DATA ? text : NULL, files);
 		rc = ps_fs_check_write(plan->data.fs, files, n, err);
 	}
@@ -274,7 +281,7 @@ static int plan_write(struct plan *plan, const struct ps_config *cfg,
 		      const struct ps_issued *issued, struct ps_provision_result *res,
 		      struct ps_err *err)
 {
-	struct ps_fs_file files[4];
+	struct ps_fs_file files[5];
 	char *text = NULL;
 	size_t n, j;
 	int i, rc = 0;
@@ -283,7 +290,7 @@ static int plan_write(struct plan *plan, const struct ps_config *cfg,
 		rc = merged_text(&plan->data, &plan->settings, &text, err);
 	if (rc < 0)
 		return rc;
-	n = data_files(plan, issued->key_pem, issued->key_pem_len, issued->cert_pem,
+	n = data_files(plan, cfg, issued->key_pem, issued->key_pem_len, issued->cert_pem,
 		       strlen(issued->cert_pem), text, files);
 	rc = ps_fs_write_files(plan->data.fs, files, n, err);
 	for (j = 0; rc == 0 && j < n; j++)
@@ -516,6 +523,8 @@ int ps_provision(const struct ps_provision_request *req, struct ps_provision_res
 	if (rc == 0)
 		rc = plan_open(&plan, cfg, req->target, true, err);
 	if (rc == 0)
+		snprintf(plan.serial_text, sizeof(plan.serial_text), "%s\n", req->serial);
+	if (rc == 0)
 		rc = plan_check(&plan, cfg, err);
 	if (rc < 0)
 		goto out;
@@ -543,6 +552,16 @@ int ps_provision(const struct ps_provision_request *req, struct ps_provision_res
 	rc = ps_db_record_issued(req->db, &ctx, &rec, &res->audit_id, err);
 	if (rc < 0)
 		goto out;
+	/* Queued in the same breath as the record: the outbox sends it once the certificate is
+	 * verified (never when it fails), so no verified device is ever left unqueued. */
+	if (req->preauth) {
+		rc = ps_preauth_enqueue(req->db, cfg, res->audit_id, req->serial,
+					issued.common_name, err);
+		if (rc < 0) {
+			record_failure(req, res->audit_id, &ctx, err);
+			goto out;
+		}
+	}
 
 	emit(req, PS_STAGE_WRITING);
 	rc = plan_write(&plan, cfg, &issued, res, err);
@@ -564,6 +583,16 @@ int ps_provision(const struct ps_provision_request *req, struct ps_provision_res
 	if (rc == 0 && strcmp(verified.cert_serial, issued.serial_hex) != 0)
 		rc = ps_fail(err, PS_EIO, "read back certificate %s, expected %s",
 			     verified.cert_serial, issued.serial_hex);
+	if (rc == 0 && cfg->preauth_serial_file[0] != '\0') {
+		char *got = NULL;
+		size_t got_len = 0;
+
+		rc = ps_fs_read(plan.data.fs, cfg->preauth_serial_file, 4096, &got, &got_len, err);
+		if (rc == 0)
+			rc = same_bytes(cfg->preauth_serial_file, got, got_len, plan.serial_text,
+					strlen(plan.serial_text), err);
+		free(got);
+	}
 	if (rc < 0) {
 		ps_prefix(err, rc, "verification failed");
 		record_failure(req, res->audit_id, &ctx, err);

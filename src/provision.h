@@ -41,6 +41,9 @@ struct ps_provision_request {
 	bool target_is_slot;
 	bool allow_unlisted;
 	struct ps_safety_policy safety;
+	/* Queue the device for preauthorization on the Mender server ([preauth]) as soon as its
+	 * certificate is recorded; the outbox sends it once the certificate is verified. */
+	bool preauth;
 	void (*observer)(enum ps_stage stage, void *user);
 	void *observer_user;
 };

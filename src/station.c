@@ -4,6 +4,7 @@
  * run the provisioning pipeline without holding it. */
 #include "station.h"
 #include "hotplug.h"
+#include "preauth.h"
 #include "provision.h"
 #include "safety.h"
 #include "util.h"
@@ -59,6 +60,7 @@ struct ps_station {
 	struct ps_hotplug *hotplug;
 	pthread_t watcher;
 	bool watcher_started;
+	struct ps_preauth_worker *preauth; /* NULL when [preauth] is off */
 };
 
 const char *ps_slot_state_name(enum ps_slot_state state)
@@ -215,6 +217,11 @@ static void job_observer(enum ps_stage stage, void *user)
 		set_state(st, slot, PS_SLOT_PERSONALIZING, "writing key, certificate, mender.conf");
 	else if (slot != NULL && stage == PS_STAGE_VERIFYING)
 		set_state(st, slot, PS_SLOT_VERIFYING, "reading everything back");
+	else if (slot != NULL && stage == PS_STAGE_DONE && st->preauth != NULL)
+		/* Verified, and queued: the worker's outcome (never earlier than this) moves the
+		 * slot on to PASS or FAIL. */
+		set_state(st, slot, PS_SLOT_PREAUTH_QUEUED,
+			  "remove the card; preauthorization queued");
 	pthread_mutex_unlock(&st->lock);
 }
 
@@ -231,6 +238,7 @@ static void *run_job(void *arg)
 		.safety = job->safety,
 		.observer = job_observer,
 		.observer_user = job,
+		.preauth = st->cfg->preauth_enabled,
 	};
 	struct ps_provision_result res;
 	struct ps_err err = {""};
@@ -271,8 +279,11 @@ static void *run_job(void *arg)
 			} else {
 				slot->in_use = false;
 			}
-		} else if (rc == 0) {
+		} else if (rc == 0 && st->preauth == NULL) {
 			set_state(st, slot, PS_SLOT_PASS, "remove the card");
+		} else if (rc == 0) {
+			/* PREAUTH_QUEUED since the observer's DONE, or PASS/FAIL already when the
+			 * worker was quicker: leave it to the worker's outcome. */
 		} else {
 			set_state(st, slot, PS_SLOT_FAIL, err.msg);
 		}
@@ -281,6 +292,8 @@ static void *run_job(void *arg)
 	pthread_cond_broadcast(&st->jobs_done);
 	notify(st);
 	pthread_mutex_unlock(&st->lock);
+	if (rc == 0)
+		ps_preauth_worker_wake(st->preauth); /* NULL is fine */
 	free(job);
 	return NULL;
 }
@@ -573,6 +586,45 @@ static void *watch(void *arg)
 	return NULL;
 }
 
+/* The preauthorization worker's log lines and outcomes (called on its thread). */
+static void preauth_log(const char *line, void *user)
+{
+	struct ps_station *st = user;
+
+	pthread_mutex_lock(&st->lock);
+	log_locked(st, "%s", line);
+	pthread_mutex_unlock(&st->lock);
+}
+
+static void preauth_event(const struct ps_preauth_event *ev, void *user)
+{
+	struct ps_station *st = user;
+	int i;
+
+	if (ev->result == PS_PREAUTH_RETRY || ev->result == PS_PREAUTH_BLOCKED ||
+	    ev->result == PS_PREAUTH_CANCELLED)
+		return; /* still queued: the slot says so already */
+	pthread_mutex_lock(&st->lock);
+	for (i = 0; i < PS_MAX_SLOTS; i++) {
+		struct slot *slot = &st->slots[i];
+
+		if (!slot->in_use || slot->view.state != PS_SLOT_PREAUTH_QUEUED ||
+		    strcmp(slot->view.serial, ev->serial) != 0)
+			continue;
+		if (ev->result == PS_PREAUTH_FAILED)
+			set_state(st, slot, PS_SLOT_FAIL, ev->message);
+		else
+			set_state(st, slot, PS_SLOT_PASS, "preauthorized; remove the card");
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+int ps_station_preauth_status(struct ps_station *st, struct ps_preauth_status *out,
+			      struct ps_err *err)
+{
+	return ps_preauth_status(st->ui_db, st->cfg, out, err);
+}
+
 static long count_today(struct ps_db *db, const char *state)
 {
 	struct tm tm;
@@ -655,6 +707,16 @@ int ps_station_open(const struct ps_config *cfg, struct ps_ca *ca, struct ps_sta
 			st->hotplug = NULL;
 		}
 	}
+	if (cfg->preauth_enabled) {
+		struct ps_err pa_err = {""};
+
+		if (ps_preauth_worker_start(cfg, preauth_log, preauth_event, st, &st->preauth,
+					    &pa_err) < 0) {
+			pthread_mutex_lock(&st->lock);
+			log_locked(st, "preauthorization: %s", pa_err.msg);
+			pthread_mutex_unlock(&st->lock);
+		}
+	}
 	rc = pthread_create(&st->watcher, NULL, watch, st);
 	if (rc != 0) {
 		rc = ps_fail(err, PS_ENOMEM, "cannot start the watcher: %s", strerror(rc));
@@ -684,6 +746,9 @@ void ps_station_close(struct ps_station *st)
 	while (st->jobs_running > 0)
 		pthread_cond_wait(&st->jobs_done, &st->lock);
 	pthread_mutex_unlock(&st->lock);
+	/* After the jobs (they wake it), before the lock its callbacks take goes away; what it
+	 * has not sent stays queued in the database. */
+	ps_preauth_worker_stop(st->preauth);
 	ps_hotplug_close(st->hotplug);
 	if (st->inotify_fd >= 0)
 		close(st->inotify_fd);

@@ -106,6 +106,13 @@ int ps_station_reset(struct ps_station *st, int slot, struct ps_err *err);
 
 void ps_station_counts(struct ps_station *st, struct ps_station_counts *out);
 
+/* The preauthorization outbox for the status bar ("preauth: OFFLINE, 3 queued" with
+ * ps_preauth_status_line): off, online, or offline with what is queued. UI thread only (it
+ * reads through the UI's database connection). */
+struct ps_preauth_status;
+int ps_station_preauth_status(struct ps_station *st, struct ps_preauth_status *out,
+			      struct ps_err *err);
+
 /* The station's audit database connection for the UI thread's own queries (audit view,
  * export). Only the calling thread may use it; jobs use their own connections. */
 struct ps_db *ps_station_ui_db(struct ps_station *st);

@@ -1,6 +1,7 @@
 /* dashboard.c — the station's main screen: the header (station, CA, audit database,
  * preauthorization, today's counts), a row per slot with its state and progress, the log
  * pane, the status and serial input lines, the function-key bar; and the help screen. */
+#include "preauth.h"
 #include "tui_int.h"
 #include "util.h"
 
@@ -197,13 +198,27 @@ static void compute_layout(const struct tui *t, struct layout *l)
 	}
 }
 
-/* The preauthorization state for the header. Hook: when the station exposes its
- * preauthorization queue (online, offline with N queued), format it here. */
+/* The preauthorization state for the header: off, online, or OFFLINE with N queued. */
 static void preauth_text(const struct tui *t, char *out, size_t len, enum tui_role *role)
 {
-	(void)t;
-	snprintf(out, len, "off");
-	*role = R_DIM;
+	struct ps_preauth_status status;
+	char line[256];
+
+	if (!t->cfg->preauth_enabled || ps_station_preauth_status(t->st, &status, NULL) < 0) {
+		snprintf(out, len, "off");
+		*role = R_DIM;
+		return;
+	}
+	ps_preauth_status_line(&status, line, sizeof(line));
+	/* The header prints "preauth " itself; a long line is cut at the header's width. */
+	{
+		const char *text = strncmp(line, "preauth: ", 9) == 0 ? line + 9 : line;
+		size_t n = strlen(text) < len ? strlen(text) : len - 1;
+
+		memcpy(out, text, n);
+		out[n] = '\0';
+	}
+	*role = status.state == PS_PREAUTH_OFFLINE ? R_WARN : R_NORMAL;
 }
 
 /* Show the end of a long path ("…/demo/audit.db") in width columns. */
