@@ -24,6 +24,7 @@ int cmd_demo(int argc, char **argv);
 int cmd_devices(int argc, char **argv);
 int cmd_station(int argc, char **argv);
 int cmd_preauth(int argc, char **argv);
+int cmd_flash(int argc, char **argv);
 int cmd_revoke(int argc, char **argv);
 int cmd_crl(int argc, char **argv);
 int cmd_import(int argc, char **argv);

@@ -12,6 +12,7 @@ static int cmd_version(int argc, char **argv);
 static const struct ps_command commands[] = {
 	{"ca", cmd_ca, "create the CA, issue server and device certificates"},
 	{"provision", cmd_provision, "personalize a Mender image or disk for one device"},
+	{"flash", cmd_flash, "write a golden image (raw, gz, xz, zst; bmap) to disks or files"},
 	{"verify", cmd_verify, "check a personalized image against the CA"},
 	{"export", cmd_export, "print the audit rows as CSV or JSON lines"},
 	{"revoke", cmd_revoke, "revoke a certificate, or every certificate of a device"},
