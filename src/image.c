@@ -377,6 +377,11 @@ int ps_fs_open(struct ps_image *img, const struct ps_partition *part, bool writa
 		goto out;
 	}
 	if (writable) {
+		/* Without the copy of the superblock as read, libext2fs writes the superblock
+		 * whole, in one write, instead of each changed field and then the checksum in
+		 * separate writes: an interruption between those leaves a superblock whose
+		 * checksum does not match, which neither e2fsck nor the kernel will open. */
+		ext2fs_free_mem(&fs->fs->orig_super);
 		code = ext2fs_read_bitmaps(fs->fs);
 		if (code != 0) {
 			rc = ps_fail(err, PS_EINVAL, "partition %s of %s: reading bitmaps: %s",
@@ -640,7 +645,49 @@ int ps_fs_check_write(struct ps_fs *fs, const struct ps_fs_file *files, size_t n
 	return 0;
 }
 
-/* Allocate an inode owned by root with mode and write data into it. */
+/* Crash safety. libext2fs writes in place, without the journal, so no state of the medium
+ * between two writes may be one that e2fsck cannot put right without asking, and no name may
+ * ever hold part of a file. Every name changes in one directory-block write, and around it the
+ * writes go in this order, with the medium flushed (block cache written out, fsync) between
+ * the steps so that neither libext2fs's cache nor the kernel can reorder them:
+ *
+ *   new inode:  content and inode written unlinked (links 0, dtime set: e2fsck reads it as
+ *               deleted), bitmaps flushed; then the name is linked; then links 1;
+ *   old inode:  links 0 and dtime first; then the name is unlinked; then its blocks and the
+ *               inode are freed in the bitmaps.
+ *
+ * An interruption leaves at worst leaked blocks and inodes (bitmap and count differences),
+ * or, between the two writes that link or unlink a temporary name, that temporary name
+ * pointing at a deleted inode, which e2fsck -p clears and the next run removes. */
+
+/* Write an inode's link count and deletion time. */
+static errcode_t set_links(struct ps_fs *fs, ext2_ino_t ino, __u16 links, __u32 dtime)
+{
+	struct ext2_inode inode;
+	errcode_t code = ext2fs_read_inode(fs->fs, ino, &inode);
+
+	if (code == 0) {
+		inode.i_links_count = links;
+		inode.i_dtime = dtime;
+		code = ext2fs_write_inode(fs->fs, ino, &inode);
+	}
+	return code;
+}
+
+/* Write out libext2fs's block cache and make the medium durable (an ordering point). */
+static int sync_medium(struct ps_fs *fs, struct ps_err *err)
+{
+	errcode_t code = io_channel_flush(fs->fs->io);
+
+	if (code != 0)
+		return ps_fail(err, PS_EIO, "flushing partition %s: %s", fs->name,
+			       ext2_message(code));
+	return 0;
+}
+
+/* Allocate an inode owned by root with mode and write data into it, unlinked: links 0 and
+ * dtime set until a name points at it. *out is set as soon as the inode is allocated, so
+ * that a failure half-way can free it. */
 static int create_inode(struct ps_fs *fs, ext2_ino_t dir, const struct ps_fs_file *file,
 			ext2_ino_t *out, struct ps_err *err)
 {
@@ -656,10 +703,12 @@ static int create_inode(struct ps_fs *fs, ext2_ino_t dir, const struct ps_fs_fil
 	if (code != 0)
 		goto fail;
 	ext2fs_inode_alloc_stats2(fs->fs, ino, +1, 0);
+	*out = ino;
 	memset(&inode, 0, sizeof(inode));
 	inode.i_mode = (__u16)(LINUX_S_IFREG | (file->mode & 07777));
 	inode.i_atime = inode.i_ctime = inode.i_mtime = now;
-	inode.i_links_count = 1;
+	inode.i_dtime = now ? now : 1;
+	inode.i_links_count = 0;
 	if (ext2fs_has_feature_extents(fs->fs->super)) {
 		ext2_extent_handle_t extents;
 
@@ -684,36 +733,118 @@ static int create_inode(struct ps_fs *fs, ext2_ino_t dir, const struct ps_fs_fil
 	}
 	if (code != 0)
 		goto fail;
-	*out = ino;
 	return 0;
 fail:
-	return fs_fail(fs, code, code == EXT2_ET_BLOCK_ALLOC_FAIL ? PS_EIO : PS_EIO, "writing",
-		       file->path, err);
+	return fs_fail(fs, code, PS_EIO, "writing", file->path, err);
 }
 
-/* Drop one link to ino; free it (blocks and inode) when it was the last. */
-static int release_inode(struct ps_fs *fs, ext2_ino_t ino, const char *path, struct ps_err *err)
+/* Free an inode whose link count is 0 on the medium and that no name points at: its blocks
+ * and the inode itself, in the bitmaps (written by the next flush). */
+static errcode_t free_inode(struct ps_fs *fs, ext2_ino_t ino)
 {
 	struct ext2_inode inode;
 	errcode_t code = ext2fs_read_inode(fs->fs, ino, &inode);
 
-	if (code == 0 && inode.i_links_count > 1) {
-		inode.i_links_count--;
+	if (code == 0 && ext2fs_inode_has_valid_blocks2(fs->fs, &inode))
+		code = ext2fs_punch(fs->fs, ino, &inode, NULL, 0, ~0ULL);
+	if (code == 0) {
+		inode.i_links_count = 0;
+		inode.i_dtime = (__u32)fs->fs->now ? (__u32)fs->fs->now : 1;
 		code = ext2fs_write_inode(fs->fs, ino, &inode);
-	} else if (code == 0) {
-		if (ext2fs_inode_has_valid_blocks2(fs->fs, &inode))
-			code = ext2fs_punch(fs->fs, ino, &inode, NULL, 0, ~0ULL);
-		if (code == 0) {
-			inode.i_links_count = 0;
-			inode.i_dtime = (__u32)fs->fs->now;
-			code = ext2fs_write_inode(fs->fs, ino, &inode);
-		}
-		if (code == 0)
-			ext2fs_inode_alloc_stats2(fs->fs, ino, -1, 0);
 	}
-	if (code != 0)
-		return fs_fail(fs, code, PS_EIO, "releasing the old", path, err);
-	return 0;
+	if (code == 0)
+		ext2fs_inode_alloc_stats2(fs->fs, ino, -1, 0);
+	return code;
+}
+
+/* One name to remove together with the inode it names. */
+struct drop {
+	ext2_ino_t dir;
+	const char *name;
+	ext2_ino_t ino;
+	const char *path; /* for messages */
+	bool other_links; /* the inode has further names: only its link count drops */
+	int step;	  /* 1: link count written, 2: name removed */
+};
+
+/* Remove names and release their inodes in the crash-safe order (see above). A name is
+ * removed only while it still points at the expected inode. A failure does not stop the
+ * others: each name ends either removed with its inode released, or in place with its inode
+ * as it was, and the first error is returned. */
+static int drop_names(struct ps_fs *fs, struct drop *d, size_t n, struct ps_err *err)
+{
+	struct ext2_inode inode;
+	__u32 now = (__u32)fs->fs->now ? (__u32)fs->fs->now : 1;
+	errcode_t code, first = 0;
+	const char *what = NULL, *path = NULL;
+	size_t i;
+
+#define NOTE(c, w, p)                                                                              \
+	do {                                                                                       \
+		if ((c) != 0 && first == 0) {                                                      \
+			first = (c);                                                               \
+			what = (w);                                                                \
+			path = (p);                                                                \
+		}                                                                                  \
+	} while (0)
+	if (n == 0)
+		return 0;
+	for (i = 0; i < n; i++) {
+		d[i].step = 0;
+		code = ext2fs_read_inode(fs->fs, d[i].ino, &inode);
+		d[i].other_links = code == 0 && inode.i_links_count > 1;
+		if (code == 0 && !d[i].other_links) {
+			code = set_links(fs, d[i].ino, 0, now);
+			/* libext2fs changed its copy of the inode table block before the write
+			 * failed; the change would land with the next write of that block. */
+			if (code != 0)
+				set_links(fs, d[i].ino, 1, 0);
+		}
+		NOTE(code, "releasing the old", d[i].path);
+		if (code == 0)
+			d[i].step = 1;
+	}
+	code = io_channel_flush(fs->fs->io);
+	NOTE(code, "flushing before unlinking", d[0].path);
+	for (i = 0; i < n; i++) {
+		if (d[i].step != 1)
+			continue;
+		code = ext2fs_unlink(fs->fs, d[i].dir, d[i].name, d[i].ino, 0);
+		NOTE(code, "unlinking a temporary of", d[i].path);
+		if (code == 0) {
+			d[i].step = 2;
+		} else if (!d[i].other_links) {
+			/* The name is still there: it names the inode again. */
+			code = set_links(fs, d[i].ino, 1, 0);
+			NOTE(code, "restoring", d[i].path);
+		}
+	}
+	/* The names are gone on the medium before anything else is written. */
+	code = io_channel_flush(fs->fs->io);
+	NOTE(code, "flushing after unlinking", d[0].path);
+	for (i = 0; i < n; i++) {
+		if (d[i].step != 2)
+			continue;
+		if (d[i].other_links) {
+			code = ext2fs_read_inode(fs->fs, d[i].ino, &inode);
+			if (code == 0) {
+				inode.i_links_count--;
+				code = ext2fs_write_inode(fs->fs, d[i].ino, &inode);
+			}
+		} else {
+			code = free_inode(fs, d[i].ino);
+		}
+		NOTE(code, "releasing the old", d[i].path);
+	}
+#undef NOTE
+	return first ? fs_fail(fs, first, PS_EIO, what, path, err) : 0;
+}
+
+static bool dir_is_hashed(struct ps_fs *fs, ext2_ino_t dir)
+{
+	struct ext2_inode inode;
+
+	return ext2fs_read_inode(fs->fs, dir, &inode) != 0 || (inode.i_flags & EXT2_INDEX_FL);
 }
 
 static int link_name(struct ps_fs *fs, ext2_ino_t dir, const char *name, ext2_ino_t ino,
@@ -747,8 +878,10 @@ struct pending {
 	ext2_ino_t dir;
 	const char *base;
 	char temp[256];
-	ext2_ino_t old_ino; /* 0: the name is new */
-	ext2_ino_t new_ino;
+	ext2_ino_t old_ino;  /* 0: the name is new */
+	ext2_ino_t new_ino;  /* 0: not allocated yet */
+	const char *link_as; /* the name phase 1 links: temp, or base in a hashed directory */
+	bool renames;	     /* a new name: its temporary is renamed in place in phase 2 */
 	bool swapped;
 };
 
@@ -771,7 +904,18 @@ static int swap_entries(ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent
 	for (i = 0; i < ctx->n; i++) {
 		struct pending *p = &ctx->items[i];
 
-		if (p->dir != ctx->dir || p->old_ino == 0)
+		if (p->dir != ctx->dir)
+			continue;
+		if (p->renames && (size_t)len == strlen(p->temp) &&
+		    strncmp(dirent->name, p->temp, len) == 0 && dirent->inode == p->new_ino) {
+			/* The base name is a suffix of the temporary one: it fits in place. */
+			memcpy(dirent->name, p->base, strlen(p->base));
+			ext2fs_dirent_set_name_len(dirent, (int)strlen(p->base));
+			p->swapped = true;
+			ret |= DIRENT_CHANGED;
+			continue;
+		}
+		if (p->old_ino == 0)
 			continue;
 		if ((size_t)len == strlen(p->base) && strncmp(dirent->name, p->base, len) == 0 &&
 		    dirent->inode == p->old_ino) {
@@ -788,17 +932,60 @@ static int swap_entries(ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent
 	return ret;
 }
 
+/* After a failure before the names were swapped: remove the new inodes and the names that
+ * point at them, so that the partition holds what it held before. A name is touched only
+ * while it still points at the new inode; an inode is freed only when no name points at it,
+ * so the bitmaps in memory stay safe to write out whatever fails here. */
+static void roll_back(struct ps_fs *fs, struct pending *items, size_t n)
+{
+	struct drop *drops = calloc(n ? n : 1, sizeof(*drops));
+	size_t i, n_drops = 0;
+	int rc = drops == NULL ? PS_ENOMEM : 0;
+
+	for (i = 0; rc == 0 && i < n; i++) {
+		struct pending *p = &items[i];
+		ext2_ino_t as_temp = 0, as_base = 0;
+		errcode_t c1, c2;
+
+		if (p->new_ino == 0)
+			continue;
+		c1 = ext2fs_lookup(fs->fs, p->dir, p->temp, (int)strlen(p->temp), NULL, &as_temp);
+		c2 = ext2fs_lookup(fs->fs, p->dir, p->base, (int)strlen(p->base), NULL, &as_base);
+		if ((c1 != 0 && c1 != EXT2_ET_FILE_NOT_FOUND) ||
+		    (c2 != 0 && c2 != EXT2_ET_FILE_NOT_FOUND))
+			rc = PS_EIO;
+		else if (as_base == p->new_ino && p->link_as != p->base)
+			rc = PS_EIO; /* the swap reached the directory after all: leave it */
+		else if (as_base == p->new_ino || as_temp == p->new_ino)
+			drops[n_drops++] = (struct drop){.dir = p->dir,
+							 .name = p->link_as,
+							 .ino = p->new_ino,
+							 .path = p->file->path};
+		else if (free_inode(fs, p->new_ino) != 0)
+			rc = PS_EIO;
+	}
+	if (rc == 0)
+		rc = drop_names(fs, drops, n_drops, NULL);
+	if (rc == 0)
+		flush(fs, NULL);
+	free(drops);
+}
+
 int ps_fs_write_files(struct ps_fs *fs, const struct ps_fs_file *files, size_t n,
 		      struct ps_err *err)
 {
 	struct pending *items = calloc(n ? n : 1, sizeof(*items));
+	struct drop *drops = calloc(n ? n : 1, sizeof(*drops));
 	char dir[1024];
-	size_t i, j;
+	size_t i, j, n_drops = 0;
+	bool swapping = false;
 	errcode_t code;
 	int rc;
 
-	if (items == NULL)
-		return ps_fail(err, PS_ENOMEM, "out of memory");
+	if (items == NULL || drops == NULL) {
+		rc = ps_fail(err, PS_ENOMEM, "out of memory");
+		goto out;
+	}
 	rc = ps_fs_check_write(fs, files, n, err);
 	if (rc < 0)
 		goto out;
@@ -815,40 +1002,51 @@ int ps_fs_write_files(struct ps_fs *fs, const struct ps_fs_file *files, size_t n
 			goto out;
 		snprintf(p->temp, sizeof(p->temp), TEMP_PREFIX "%s", p->base);
 		code = ext2fs_lookup(fs->fs, p->dir, p->temp, (int)strlen(p->temp), NULL, &stale);
-		if (code == 0) {
-			code = ext2fs_unlink(fs->fs, p->dir, p->temp, stale, 0);
-			rc = code ? fs_fail(fs, code, PS_EIO, "removing a stale temporary of",
-					    files[i].path, err)
-				  : release_inode(fs, stale, files[i].path, err);
-			if (rc < 0)
-				goto out;
-		}
-		code = ext2fs_lookup(fs->fs, p->dir, p->base, (int)strlen(p->base), NULL,
-				     &p->old_ino);
+		if (code == 0)
+			drops[n_drops++] = (struct drop){
+			    .dir = p->dir, .name = p->temp, .ino = stale, .path = files[i].path};
+		code =
+		    ext2fs_lookup(fs->fs, p->dir, p->base, (int)strlen(p->base), NULL, &p->old_ino);
 		if (code == EXT2_ET_FILE_NOT_FOUND)
 			p->old_ino = 0;
 		else if (code != 0) {
 			rc = fs_fail(fs, code, PS_EIO, "looking up", files[i].path, err);
 			goto out;
 		}
+		/* A new name in a hashed (htree) directory cannot be renamed in place. */
+		p->renames = p->old_ino == 0 && !dir_is_hashed(fs, p->dir);
+		p->link_as = p->old_ino != 0 || p->renames ? p->temp : p->base;
 	}
-	/* Phase 1: new inodes with the complete content, linked under a temporary name (or the
-	 * real one when the name is new). */
-	for (i = 0; i < n; i++) {
-		struct pending *p = &items[i];
-
-		rc = create_inode(fs, p->dir, p->file, &p->new_ino, err);
-		if (rc == 0)
-			rc = link_name(fs, p->dir, p->old_ino ? p->temp : p->base, p->new_ino,
-				       p->file->path, err);
-		if (rc < 0)
-			goto out;
-	}
-	rc = flush(fs, err);
+	rc = drop_names(fs, drops, n_drops, err);
 	if (rc < 0)
 		goto out;
+	/* Phase 1: new inodes with the complete content, unlinked; the bitmaps marking them in
+	 * use reach the medium before any name points at them. */
+	swapping = true;
+	for (i = 0; rc == 0 && i < n; i++)
+		rc = create_inode(fs, items[i].dir, items[i].file, &items[i].new_ino, err);
+	if (rc == 0)
+		rc = flush(fs, err);
+	/* Linked under a temporary name (a new name in a hashed directory: under the real
+	 * one), then made live: the directory blocks reach the medium before the link counts.
+	 * Phase 2 swaps the temporaries with the names they replace, and renames those of new
+	 * names in place, all in one directory-block write. */
+	for (i = 0; rc == 0 && i < n; i++) {
+		struct pending *p = &items[i];
+
+		rc = link_name(fs, p->dir, p->link_as, p->new_ino, p->file->path, err);
+	}
+	if (rc == 0)
+		rc = sync_medium(fs, err);
+	for (i = 0; rc == 0 && i < n; i++) {
+		code = set_links(fs, items[i].new_ino, 1, 0);
+		if (code != 0)
+			rc = fs_fail(fs, code, PS_EIO, "writing", items[i].file->path, err);
+	}
+	if (rc == 0)
+		rc = flush(fs, err);
 	/* Phase 2: swap names and temporaries, one directory walk per directory. */
-	for (i = 0; i < n; i++) {
+	for (i = 0; rc == 0 && i < n; i++) {
 		struct swap_ctx ctx = {items, n, items[i].dir};
 		bool seen = false;
 
@@ -857,35 +1055,37 @@ int ps_fs_write_files(struct ps_fs *fs, const struct ps_fs_file *files, size_t n
 		if (seen)
 			continue;
 		code = ext2fs_dir_iterate2(fs->fs, ctx.dir, 0, NULL, swap_entries, &ctx);
-		if (code != 0) {
+		if (code != 0)
 			rc = fs_fail(fs, code, PS_EIO, "replacing", items[i].file->path, err);
-			goto out;
-		}
 	}
-	for (i = 0; i < n; i++) {
-		if (items[i].old_ino != 0 && !items[i].swapped) {
+	for (i = 0; rc == 0 && i < n; i++) {
+		if ((items[i].old_ino != 0 || items[i].renames) && !items[i].swapped)
 			rc = ps_fail(err, PS_EIO, "replacing %s in partition %s: entry vanished",
 				     items[i].file->path, fs->name);
-			goto out;
-		}
 	}
-	rc = flush(fs, err);
+	if (rc == 0)
+		rc = flush(fs, err);
 	if (rc < 0)
 		goto out;
+	swapping = false;
 	/* Phase 3: the temporaries now name the old content; remove them. */
+	n_drops = 0;
 	for (i = 0; i < n; i++) {
 		struct pending *p = &items[i];
 
-		if (p->old_ino == 0)
-			continue;
-		code = ext2fs_unlink(fs->fs, p->dir, p->temp, p->old_ino, 0);
-		rc = code ? fs_fail(fs, code, PS_EIO, "removing the old", p->file->path, err)
-			  : release_inode(fs, p->old_ino, p->file->path, err);
-		if (rc < 0)
-			goto out;
+		if (p->old_ino != 0)
+			drops[n_drops++] = (struct drop){.dir = p->dir,
+							 .name = p->temp,
+							 .ino = p->old_ino,
+							 .path = p->file->path};
 	}
-	rc = flush(fs, err);
+	rc = drop_names(fs, drops, n_drops, err);
+	if (rc == 0)
+		rc = flush(fs, err);
 out:
+	if (rc < 0 && swapping)
+		roll_back(fs, items, n);
+	free(drops);
 	free(items);
 	return rc;
 }
