@@ -7,12 +7,12 @@
 #include "preauth.h"
 #include "provision.h"
 #include "safety.h"
+#include "slotmatch.h"
 #include "util.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <fnmatch.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
@@ -391,18 +391,6 @@ static void virtual_removed(struct ps_station *st, const char *name)
 	notify(st);
 }
 
-static const struct ps_slot_config *slot_for_port(const struct ps_config *cfg,
-						  const char *id_path)
-{
-	int i, j;
-
-	for (i = 0; i < cfg->n_slots; i++)
-		for (j = 0; j < cfg->slots[i].n_ports; j++)
-			if (id_path[0] != '\0' && fnmatch(cfg->slots[i].ports[j], id_path, 0) == 0)
-				return &cfg->slots[i];
-	return NULL;
-}
-
 static struct slot *slot_for_config(struct ps_station *st, const struct ps_slot_config *conf)
 {
 	int i;
@@ -413,21 +401,10 @@ static struct slot *slot_for_config(struct ps_station *st, const struct ps_slot_
 	return NULL;
 }
 
-/* The serial a slot's source gives for a disk, or "" when the operator must give it. */
-static void automatic_serial(const struct ps_slot_config *conf, const struct ps_disk *disk,
-			     char *out, size_t len)
-{
-	out[0] = '\0';
-	if (conf->serial_source == PS_SERIAL_USB)
-		copy_str(out, len, disk->usb_serial);
-	else if (conf->serial_source == PS_SERIAL_CID)
-		copy_str(out, len, disk->cid_serial);
-}
-
 /* A disk arrived (or changed). Called with the lock held. */
 static void disk_added(struct ps_station *st, const struct ps_disk *disk)
 {
-	const struct ps_slot_config *conf = slot_for_port(st->cfg, disk->id_path);
+	const struct ps_slot_config *conf = ps_slot_for_disk(st->cfg, disk);
 	struct ps_safety_policy policy = {.allow_fixed = conf && conf->allow_fixed};
 	struct ps_err err = {""};
 	struct slot *slot = slot_by_target(st, disk->node);
@@ -460,7 +437,9 @@ static void disk_added(struct ps_station *st, const struct ps_disk *disk)
 	}
 	log_locked(st, "%s: %s %s %s detected", slot->view.name, disk->node, disk->vendor,
 		   disk->model);
-	automatic_serial(conf, disk, slot->view.serial, sizeof(slot->view.serial));
+	/* usb and cid sources give the serial; operator and sequence leave it empty here. */
+	if (ps_slot_serial(conf, disk, slot->view.serial, sizeof(slot->view.serial), NULL) < 0)
+		slot->view.serial[0] = '\0';
 	if (conf->serial_source == PS_SERIAL_OPERATOR || slot->view.serial[0] == '\0') {
 		if (conf->serial_source != PS_SERIAL_OPERATOR)
 			log_locked(st, "%s: the device has no %s serial; type it", slot->view.name,
