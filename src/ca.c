@@ -28,10 +28,10 @@ static const struct {
 	const char *name;
 	enum ps_key_type type;
 } key_types[] = {
-	{"p256", PS_KEY_P256},
-	{"p384", PS_KEY_P384},
-	{"ed25519", PS_KEY_ED25519},
-	{"rsa3072", PS_KEY_RSA3072},
+    {"p256", PS_KEY_P256},
+    {"p384", PS_KEY_P384},
+    {"ed25519", PS_KEY_ED25519},
+    {"rsa3072", PS_KEY_RSA3072},
 };
 
 int ps_key_type_parse(const char *name, enum ps_key_type *out, struct ps_err *err)
@@ -143,14 +143,15 @@ int ps_subject_parse(const char *subject, X509_NAME *name, bool allow_cn, struct
 		*eq = '\0';
 		nid = OBJ_txt2nid(field);
 		if (nid == NID_undef) {
-			rc = ps_fail(err, PS_EINVAL, "subject '%s': unknown field name '%s'", subject,
-				     field);
+			rc = ps_fail(err, PS_EINVAL, "subject '%s': unknown field name '%s'",
+				     subject, field);
 			goto out;
 		}
 		if (nid == NID_commonName && !allow_cn) {
-			rc = ps_fail(err, PS_EINVAL,
-				     "subject '%s' sets CN; the commonName comes from its own setting",
-				     subject);
+			rc = ps_fail(
+			    err, PS_EINVAL,
+			    "subject '%s' sets CN; the commonName comes from its own setting",
+			    subject);
 			goto out;
 		}
 		rc = ps_check_text(field, eq + 1, PS_CN_MAX * 2, err);
@@ -242,8 +243,7 @@ static int append(char *buf, size_t size, size_t *used, const char *kind, const 
 	return 0;
 }
 
-static int build_san(const struct ps_cert_request *req, char *buf, size_t size,
-		     struct ps_err *err)
+static int build_san(const struct ps_cert_request *req, char *buf, size_t size, struct ps_err *err)
 {
 	size_t used = 0, i;
 	int rc;
@@ -348,14 +348,13 @@ static int make_cert(X509 *issuer_cert, EVP_PKEY *issuer_key, EVP_PKEY *subject_
 		if (rc == 0)
 			rc = add_ext(x, &ctx, NID_key_usage,
 				     rsa && req->profile == PS_PROFILE_SERVER
-					     ? "critical,digitalSignature,keyEncipherment"
-					     : "critical,digitalSignature",
+					 ? "critical,digitalSignature,keyEncipherment"
+					 : "critical,digitalSignature",
 				     err);
 		if (rc == 0)
-			rc = add_ext(x, &ctx, NID_ext_key_usage,
-				     req->profile == PS_PROFILE_SERVER ? "serverAuth"
-								       : "clientAuth",
-				     err);
+			rc = add_ext(
+			    x, &ctx, NID_ext_key_usage,
+			    req->profile == PS_PROFILE_SERVER ? "serverAuth" : "clientAuth", err);
 	}
 	if (rc == 0)
 		rc = add_ext(x, &ctx, NID_subject_key_identifier, "hash", err);
@@ -516,8 +515,8 @@ static EVP_PKEY *decode_private_key(const char *pem, size_t len, const char *key
 	const unsigned char *data = (const unsigned char *)pem;
 	size_t left = len;
 	EVP_PKEY *key = NULL;
-	OSSL_DECODER_CTX *ctx = OSSL_DECODER_CTX_new_for_pkey(&key, "PEM", NULL, keytype,
-							      EVP_PKEY_KEYPAIR, NULL, NULL);
+	OSSL_DECODER_CTX *ctx =
+	    OSSL_DECODER_CTX_new_for_pkey(&key, "PEM", NULL, keytype, EVP_PKEY_KEYPAIR, NULL, NULL);
 
 	if (ctx == NULL || (cb != NULL && !OSSL_DECODER_CTX_set_pem_password_cb(ctx, cb, user)) ||
 	    !OSSL_DECODER_from_data(ctx, &data, &left)) {
@@ -716,9 +715,8 @@ static int passphrase_cb(char *buf, int size, int rwflag, void *user)
 			goto out;
 	} else if (ctx->src != NULL && ctx->src->allow_prompt && isatty(STDIN_FILENO)) {
 		pass = calloc(1, PS_PASSPHRASE_MAX);
-		if (pass == NULL ||
-		    EVP_read_pw_string_min(pass, 1, PS_PASSPHRASE_MAX - 1,
-					   "Passphrase for the CA key: ", 0) != 0) {
+		if (pass == NULL || EVP_read_pw_string_min(pass, 1, PS_PASSPHRASE_MAX - 1,
+							   "Passphrase for the CA key: ", 0) != 0) {
 			ctx->missing = true;
 			goto out;
 		}
@@ -828,8 +826,8 @@ int ps_ca_load(struct ps_ca *ca, const char *dir, bool want_key,
 		goto out;
 	}
 	if (X509_check_private_key(ca->cert, ca->key) != 1) {
-		rc = ps_fail(err, PS_EINVAL, "CA key %s does not belong to %s", key_path,
-			     cert_path);
+		rc =
+		    ps_fail(err, PS_EINVAL, "CA key %s does not belong to %s", key_path, cert_path);
 		ERR_clear_error();
 		goto out;
 	}
@@ -886,15 +884,15 @@ static const struct {
 	const char *name;
 	int reason;
 } crl_reasons[] = {
-	{"unspecified", CRL_REASON_UNSPECIFIED},
-	{"keyCompromise", CRL_REASON_KEY_COMPROMISE},
-	{"cACompromise", CRL_REASON_CA_COMPROMISE},
-	{"affiliationChanged", CRL_REASON_AFFILIATION_CHANGED},
-	{"superseded", CRL_REASON_SUPERSEDED},
-	{"cessationOfOperation", CRL_REASON_CESSATION_OF_OPERATION},
-	{"certificateHold", CRL_REASON_CERTIFICATE_HOLD},
-	{"privilegeWithdrawn", CRL_REASON_PRIVILEGE_WITHDRAWN},
-	{"aACompromise", CRL_REASON_AA_COMPROMISE},
+    {"unspecified", CRL_REASON_UNSPECIFIED},
+    {"keyCompromise", CRL_REASON_KEY_COMPROMISE},
+    {"cACompromise", CRL_REASON_CA_COMPROMISE},
+    {"affiliationChanged", CRL_REASON_AFFILIATION_CHANGED},
+    {"superseded", CRL_REASON_SUPERSEDED},
+    {"cessationOfOperation", CRL_REASON_CESSATION_OF_OPERATION},
+    {"certificateHold", CRL_REASON_CERTIFICATE_HOLD},
+    {"privilegeWithdrawn", CRL_REASON_PRIVILEGE_WITHDRAWN},
+    {"aACompromise", CRL_REASON_AA_COMPROMISE},
 };
 
 int ps_crl_reason_parse(const char *name, int *reason, struct ps_err *err)
@@ -1031,4 +1029,3 @@ out:
 	X509_CRL_free(crl);
 	return rc;
 }
-

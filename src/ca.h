@@ -10,9 +10,9 @@
 #include <stdbool.h>
 #include <time.h>
 
-#define PS_CA_KEY_FILE	"ca-private.key"
-#define PS_CA_CERT_FILE "ca-cert.pem"
-#define PS_CN_MAX	64 /* RFC 5280 ub-common-name */
+#define PS_CA_KEY_FILE	  "ca-private.key"
+#define PS_CA_CERT_FILE	  "ca-cert.pem"
+#define PS_CN_MAX	  64 /* RFC 5280 ub-common-name */
 #define PS_PASSPHRASE_ENV "PROVSTATION_CA_PASSPHRASE"
 
 enum ps_key_type {
@@ -36,9 +36,9 @@ struct ps_passphrase_src {
 /* A loaded CA. The private key is loaded only when needed (ps_ca_load with want_key). */
 struct ps_ca {
 	X509 *cert;
-	EVP_PKEY *key;		  /* NULL when loaded without the key */
-	char fingerprint[65];	  /* SHA-256 of the certificate (DER), hex */
-	char subject[256];	  /* one-line subject, for display */
+	EVP_PKEY *key;	      /* NULL when loaded without the key */
+	char fingerprint[65]; /* SHA-256 of the certificate (DER), hex */
+	char subject[256];    /* one-line subject, for display */
 	time_t not_after;
 };
 
@@ -79,7 +79,7 @@ struct ps_issued {
 	char *key_pem;
 	size_t key_pem_len;
 	char *cert_pem;
-	char *pubkey_pem; /* SPKI, "BEGIN PUBLIC KEY" */
+	char *pubkey_pem;	/* SPKI, "BEGIN PUBLIC KEY" */
 	char pubkey_sha256[65]; /* SHA-256 of the SPKI DER, hex */
 	char serial_hex[80];	/* certificate serial, lower-case hex */
 	char common_name[PS_CN_MAX + 1];

@@ -16,30 +16,31 @@
 
 static void usage_ca(FILE *out)
 {
-	fprintf(out,
-		"usage: provstation ca init --dir DIR [--key-type p256|p384|ed25519|rsa3072]\n"
-		"                           [--subject /CN=.../O=...] [--days N] "
-		"[--passphrase-file F]\n"
-		"       provstation ca server-cert --ca-dir DIR --domain NAME [--domain NAME]...\n"
-		"                           [--ip ADDR]... [--days N] --out DIR [--ambassador] "
-		"[--force]\n"
-		"       provstation ca issue --ca-dir DIR --cn NAME --out DIR [--key-type T] "
-		"[--days N]\n"
-		"                           [--subject /O=...] [--config FILE] [--force]\n"
-		"\n"
-		"init         create DIR/ca-private.key (0600; encrypted PKCS#8 with a passphrase)\n"
-		"             and a self-signed X.509 v3 CA certificate DIR/ca-cert.pem\n"
-		"             (default P-256, 10 years). Refuses to overwrite a CA.\n"
-		"server-cert  server-private.key + server-cert.pem for the mTLS edge proxy, with\n"
-		"             subjectAltName for every name and address (default 2 years);\n"
-		"             --ambassador writes server.key, server.crt and tenant.ca.pem as\n"
-		"             Mender's mtls-ambassador mounts them.\n"
-		"issue        device-private.key + device-cert.pem for one device (clientAuth,\n"
-		"             default 10 years), subject fields from [device] subject.\n"
-		"\n"
-		"The CA key's passphrase comes from --passphrase-file, [ca] passphrase_file,\n"
-		"%s, or a prompt without echo.\n",
-		PS_PASSPHRASE_ENV);
+	fprintf(
+	    out,
+	    "usage: provstation ca init --dir DIR [--key-type p256|p384|ed25519|rsa3072]\n"
+	    "                           [--subject /CN=.../O=...] [--days N] "
+	    "[--passphrase-file F]\n"
+	    "       provstation ca server-cert --ca-dir DIR --domain NAME [--domain NAME]...\n"
+	    "                           [--ip ADDR]... [--days N] --out DIR [--ambassador] "
+	    "[--force]\n"
+	    "       provstation ca issue --ca-dir DIR --cn NAME --out DIR [--key-type T] "
+	    "[--days N]\n"
+	    "                           [--subject /O=...] [--config FILE] [--force]\n"
+	    "\n"
+	    "init         create DIR/ca-private.key (0600; encrypted PKCS#8 with a passphrase)\n"
+	    "             and a self-signed X.509 v3 CA certificate DIR/ca-cert.pem\n"
+	    "             (default P-256, 10 years). Refuses to overwrite a CA.\n"
+	    "server-cert  server-private.key + server-cert.pem for the mTLS edge proxy, with\n"
+	    "             subjectAltName for every name and address (default 2 years);\n"
+	    "             --ambassador writes server.key, server.crt and tenant.ca.pem as\n"
+	    "             Mender's mtls-ambassador mounts them.\n"
+	    "issue        device-private.key + device-cert.pem for one device (clientAuth,\n"
+	    "             default 10 years), subject fields from [device] subject.\n"
+	    "\n"
+	    "The CA key's passphrase comes from --passphrase-file, [ca] passphrase_file,\n"
+	    "%s, or a prompt without echo.\n",
+	    PS_PASSPHRASE_ENV);
 }
 
 static int parse_days(const char *s, long *days, struct ps_err *err)
@@ -50,13 +51,13 @@ static int parse_days(const char *s, long *days, struct ps_err *err)
 static int ca_init(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"dir", required_argument, NULL, 'd'},
-		{"key-type", required_argument, NULL, 'k'},
-		{"subject", required_argument, NULL, 's'},
-		{"days", required_argument, NULL, 'D'},
-		{"passphrase-file", required_argument, NULL, 'p'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"dir", required_argument, NULL, 'd'},
+	    {"key-type", required_argument, NULL, 'k'},
+	    {"subject", required_argument, NULL, 's'},
+	    {"days", required_argument, NULL, 'D'},
+	    {"passphrase-file", required_argument, NULL, 'p'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	struct ps_ca_init_opts init = {.key_type = PS_KEY_P256, .days = 3650};
 	struct ps_ca ca;
@@ -138,7 +139,8 @@ static int write_identity(const char *out_dir, const char *key_name, const char 
 					     paths[i]);
 	}
 	if (rc == 0)
-		rc = ps_write_file(key_path, issued->key_pem, issued->key_pem_len, 0600, flags, err);
+		rc =
+		    ps_write_file(key_path, issued->key_pem, issued->key_pem_len, 0600, flags, err);
 	if (rc == 0)
 		rc = ps_write_file(cert_path, issued->cert_pem, strlen(issued->cert_pem), 0644,
 				   flags, err);
@@ -172,20 +174,20 @@ static void print_issued(const char *what, const struct ps_issued *issued, const
 static int ca_issue_common(int argc, char **argv, enum ps_cert_profile profile)
 {
 	static const struct option opts[] = {
-		{"ca-dir", required_argument, NULL, 'c'},
-		{"config", required_argument, NULL, 'C'},
-		{"domain", required_argument, NULL, 'n'},
-		{"ip", required_argument, NULL, 'i'},
-		{"cn", required_argument, NULL, 'N'},
-		{"days", required_argument, NULL, 'D'},
-		{"out", required_argument, NULL, 'o'},
-		{"key-type", required_argument, NULL, 'k'},
-		{"subject", required_argument, NULL, 's'},
-		{"passphrase-file", required_argument, NULL, 'p'},
-		{"ambassador", no_argument, NULL, 'a'},
-		{"force", no_argument, NULL, 'f'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"ca-dir", required_argument, NULL, 'c'},
+	    {"config", required_argument, NULL, 'C'},
+	    {"domain", required_argument, NULL, 'n'},
+	    {"ip", required_argument, NULL, 'i'},
+	    {"cn", required_argument, NULL, 'N'},
+	    {"days", required_argument, NULL, 'D'},
+	    {"out", required_argument, NULL, 'o'},
+	    {"key-type", required_argument, NULL, 'k'},
+	    {"subject", required_argument, NULL, 's'},
+	    {"passphrase-file", required_argument, NULL, 'p'},
+	    {"ambassador", no_argument, NULL, 'a'},
+	    {"force", no_argument, NULL, 'f'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	const char *cmd = profile == PS_PROFILE_SERVER ? "ca server-cert" : "ca issue";
 	const char *names[MAX_NAMES], *ips[MAX_NAMES];
@@ -215,7 +217,8 @@ static int ca_issue_common(int argc, char **argv, enum ps_cert_profile profile)
 		case 'n':
 		case 'i':
 			if (profile != PS_PROFILE_SERVER)
-				return cli_usage_error(cmd, "--domain and --ip are for server-cert");
+				return cli_usage_error(cmd,
+						       "--domain and --ip are for server-cert");
 			if ((c == 'n' ? req.n_dns : req.n_ips) == MAX_NAMES)
 				return cli_usage_error(cmd, "at most %d names", MAX_NAMES);
 			if (c == 'n')
@@ -279,7 +282,8 @@ static int ca_issue_common(int argc, char **argv, enum ps_cert_profile profile)
 	req.common_name = profile == PS_PROFILE_SERVER ? names[0] : cn;
 	req.subject = subject ? subject : cfg.subject;
 	req.days = days ? days : (profile == PS_PROFILE_SERVER ? 730 : cfg.days);
-	pass.file = pass_file ? pass_file : (cfg.ca_passphrase_file[0] ? cfg.ca_passphrase_file : NULL);
+	pass.file =
+	    pass_file ? pass_file : (cfg.ca_passphrase_file[0] ? cfg.ca_passphrase_file : NULL);
 	if (ps_check_common_name(req.common_name, &err) < 0 ||
 	    ps_ca_load(&ca, cfg.ca_dir, true, &pass, &err) < 0) {
 		rc = cli_error(&err);
@@ -299,13 +303,13 @@ static int ca_issue_common(int argc, char **argv, enum ps_cert_profile profile)
 		print_issued("server", &issued, out_dir, "server.key", "server.crt");
 		printf("  CA           %s/tenant.ca.pem\n", out_dir);
 	} else {
-		const char *key_name = profile == PS_PROFILE_SERVER ? "server-private.key"
-								    : "device-private.key";
-		const char *cert_name = profile == PS_PROFILE_SERVER ? "server-cert.pem"
-								     : "device-cert.pem";
+		const char *key_name =
+		    profile == PS_PROFILE_SERVER ? "server-private.key" : "device-private.key";
+		const char *cert_name =
+		    profile == PS_PROFILE_SERVER ? "server-cert.pem" : "device-cert.pem";
 
-		if (write_identity(out_dir, key_name, cert_name, NULL, &issued, &ca, force,
-				   &err) < 0) {
+		if (write_identity(out_dir, key_name, cert_name, NULL, &issued, &ca, force, &err) <
+		    0) {
 			rc = cli_error(&err);
 			goto out;
 		}

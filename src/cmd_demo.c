@@ -24,23 +24,24 @@ static const struct {
 	const char *description;
 	const char *args[8];
 } samples[] = {
-	{"slot1-sdimg.img", "MBR, boot partition, rootfs B empty", {"--table", "mbr", NULL}},
-	{"slot2-uefiimg.img", "GPT, no boot partition", {"--table", "gpt", "--boot", "no", NULL}},
-	{"slot3-converted.img",
-	 "MBR, rootfs B a full copy, swap before data (6 partitions)",
-	 {"--rootfs-b", "full", "--extra", "swap", NULL}},
+    {"slot1-sdimg.img", "MBR, boot partition, rootfs B empty", {"--table", "mbr", NULL}},
+    {"slot2-uefiimg.img", "GPT, no boot partition", {"--table", "gpt", "--boot", "no", NULL}},
+    {"slot3-converted.img",
+     "MBR, rootfs B a full copy, swap before data (6 partitions)",
+     {"--rootfs-b", "full", "--extra", "swap", NULL}},
 };
 
 static void usage_demo(FILE *out)
 {
-	fprintf(out, "usage: provstation demo [--dir DIR] [--no-tui] [--no-color]\n"
-		     "\n"
-		     "Create (or reuse) a demo workspace in DIR (default\n"
-		     "~/.local/share/provstation/demo): a CA, station.conf, an audit database and\n"
-		     "sample Mender images in DIR/slots, which the station shows as virtual slots;\n"
-		     "then start the station's screen on it: type a serial and press Enter.\n"
-		     "With --no-tui (or without a terminal), provision one sample image and print\n"
-		     "what was written instead.\n");
+	fprintf(out,
+		"usage: provstation demo [--dir DIR] [--no-tui] [--no-color]\n"
+		"\n"
+		"Create (or reuse) a demo workspace in DIR (default\n"
+		"~/.local/share/provstation/demo): a CA, station.conf, an audit database and\n"
+		"sample Mender images in DIR/slots, which the station shows as virtual slots;\n"
+		"then start the station's screen on it: type a serial and press Enter.\n"
+		"With --no-tui (or without a terminal), provision one sample image and print\n"
+		"what was written instead.\n");
 }
 
 /* The image builder shipped with provstation: beside the binary in a build tree, or
@@ -147,7 +148,8 @@ static int make_workspace(const char *dir, struct ps_err *err)
 	if (rc == 0 && stat(path, &st) != 0) {
 		struct ps_ca_init_opts init = {.dir = path,
 					       .key_type = PS_KEY_P256,
-					       .subject = "/CN=provstation demo CA/O=provstation demo",
+					       .subject =
+						   "/CN=provstation demo CA/O=provstation demo",
 					       .days = 3650};
 
 		rc = ps_ca_init(&init, err);
@@ -219,8 +221,12 @@ static int demo_once(const char *dir, const char *conf_path, const struct ps_con
 	if (rc < 0)
 		goto out;
 	snprintf(serial, sizeof(serial), "DEMO-%04ld", rows + 1);
-	req = (struct ps_provision_request){.cfg = cfg, .target = target, .serial = serial,
-					    .ca = ca, .db = db, .target_is_slot = true};
+	req = (struct ps_provision_request){.cfg = cfg,
+					    .target = target,
+					    .serial = serial,
+					    .ca = ca,
+					    .db = db,
+					    .target_is_slot = true};
 	rc = ps_provision(&req, &res, err);
 	if (rc < 0)
 		goto out;
@@ -246,11 +252,11 @@ out:
 int cmd_demo(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{"dir", required_argument, NULL, 'd'},
-		{"no-tui", no_argument, NULL, 'n'},
-		{"no-color", no_argument, NULL, 'c'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"dir", required_argument, NULL, 'd'},
+	    {"no-tui", no_argument, NULL, 'n'},
+	    {"no-color", no_argument, NULL, 'c'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	char default_dir[PATH_MAX], conf_path[PATH_MAX], slots[PATH_MAX];
 	const char *dir = NULL, *home = getenv("HOME");

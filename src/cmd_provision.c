@@ -15,13 +15,25 @@
 #include <stdio.h>
 #include <string.h>
 
-enum { OPT_CONFIG = 1000, OPT_CA_DIR, OPT_DB, OPT_PASSFILE, OPT_TARGET, OPT_SERIAL,
-       OPT_ALLOW_UNLISTED, OPT_ALLOW_FIXED, OPT_PREAUTH };
+enum {
+	OPT_CONFIG = 1000,
+	OPT_CA_DIR,
+	OPT_DB,
+	OPT_PASSFILE,
+	OPT_TARGET,
+	OPT_SERIAL,
+	OPT_ALLOW_UNLISTED,
+	OPT_ALLOW_FIXED,
+	OPT_PREAUTH
+};
 
-#define COMMON_OPTIONS                                                                         \
-	{"config", required_argument, NULL, OPT_CONFIG},                                       \
-		{"ca-dir", required_argument, NULL, OPT_CA_DIR},                               \
-		{"db", required_argument, NULL, OPT_DB}, {"help", no_argument, NULL, 'h'}
+#define COMMON_OPTIONS                                                                             \
+	{"config", required_argument, NULL, OPT_CONFIG},                                           \
+	    {"ca-dir", required_argument, NULL, OPT_CA_DIR},                                       \
+	    {"db", required_argument, NULL, OPT_DB},                                               \
+	{                                                                                          \
+		"help", no_argument, NULL, 'h'                                                     \
+	}
 
 struct common_args {
 	const char *config, *ca_dir, *db;
@@ -47,24 +59,25 @@ static bool common_option(int c, struct common_args *args)
 
 static void usage_provision(FILE *out)
 {
-	fprintf(out,
-		"usage: provstation provision --target PATH --serial SERIAL [--config FILE]\n"
-		"                             [--ca-dir DIR] [--db FILE] [--passphrase-file F]\n"
-		"                             [--allow-unlisted] [--allow-fixed-disk] [--preauth]\n"
-		"\n"
-		"Personalize one device: PATH is a Mender disk image (.sdimg, .uefiimg, .img) or\n"
-		"a whole-disk block device. Issues a key and a client certificate signed by the CA,\n"
-		"records them in the audit database, writes them with the merged mender.conf into\n"
-		"the data partition in place, and verifies by reading everything back.\n"
-		"\n"
-		"A block device passes the safety gate first: no partition of it mounted, not\n"
-		"the system's disk, no swap, no LVM/md/dm holder, not write-protected, removable\n"
-		"or on USB/MMC (--allow-fixed-disk overrides), and a station slot\n"
-		"(--allow-unlisted overrides). Refusals are logged to syslog.\n"
-		"\n"
-		"--preauth queues the device for preauthorization on the Mender server ([preauth]\n"
-		"in the configuration) and tries to send it at once; what cannot be sent stays\n"
-		"queued (see provstation preauth).\n");
+	fprintf(
+	    out,
+	    "usage: provstation provision --target PATH --serial SERIAL [--config FILE]\n"
+	    "                             [--ca-dir DIR] [--db FILE] [--passphrase-file F]\n"
+	    "                             [--allow-unlisted] [--allow-fixed-disk] [--preauth]\n"
+	    "\n"
+	    "Personalize one device: PATH is a Mender disk image (.sdimg, .uefiimg, .img) or\n"
+	    "a whole-disk block device. Issues a key and a client certificate signed by the CA,\n"
+	    "records them in the audit database, writes them with the merged mender.conf into\n"
+	    "the data partition in place, and verifies by reading everything back.\n"
+	    "\n"
+	    "A block device passes the safety gate first: no partition of it mounted, not\n"
+	    "the system's disk, no swap, no LVM/md/dm holder, not write-protected, removable\n"
+	    "or on USB/MMC (--allow-fixed-disk overrides), and a station slot\n"
+	    "(--allow-unlisted overrides). Refusals are logged to syslog.\n"
+	    "\n"
+	    "--preauth queues the device for preauthorization on the Mender server ([preauth]\n"
+	    "in the configuration) and tries to send it at once; what cannot be sent stays\n"
+	    "queued (see provstation preauth).\n");
 }
 
 static void usage_verify(FILE *out)
@@ -79,21 +92,22 @@ static void usage_verify(FILE *out)
 
 static void usage_export(FILE *out)
 {
-	fprintf(out,
-		"usage: provstation export --format csv|jsonl [--db FILE] [--config FILE]\n"
-		"                          [--since T] [--until T] [--status S] [--station ID]\n"
-		"                          [--batch B] [--serial S] [--out FILE [--sign KEY]]\n"
-		"\n"
-		"Print the audit rows, oldest first. T is YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC).\n"
-		"Columns: device_serial, common_name, cert_serial, state, reason, not_before,\n"
-		"not_after, pubkey_sha256, pubkey_pem, cert_pem, station_id, operator, batch,\n"
-		"ca_fingerprint, target, image_name, image_sha256, revoked_at, created_at,\n"
-		"updated_at. CSV follows RFC 4180.\n"
-		"--sign KEY: also write FILE.sig, a detached signature over FILE with the\n"
-		"station's private key KEY (PEM, EC, Ed25519 or RSA, mode 0600). An auditor\n"
-		"checks it with: openssl dgst -sha256 -verify station.pub -signature FILE.sig FILE\n"
-		"(Ed25519: openssl pkeyutl -verify -pubin -inkey station.pub -rawin -in FILE\n"
-		"-sigfile FILE.sig).\n");
+	fprintf(
+	    out,
+	    "usage: provstation export --format csv|jsonl [--db FILE] [--config FILE]\n"
+	    "                          [--since T] [--until T] [--status S] [--station ID]\n"
+	    "                          [--batch B] [--serial S] [--out FILE [--sign KEY]]\n"
+	    "\n"
+	    "Print the audit rows, oldest first. T is YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC).\n"
+	    "Columns: device_serial, common_name, cert_serial, state, reason, not_before,\n"
+	    "not_after, pubkey_sha256, pubkey_pem, cert_pem, station_id, operator, batch,\n"
+	    "ca_fingerprint, target, image_name, image_sha256, revoked_at, created_at,\n"
+	    "updated_at. CSV follows RFC 4180.\n"
+	    "--sign KEY: also write FILE.sig, a detached signature over FILE with the\n"
+	    "station's private key KEY (PEM, EC, Ed25519 or RSA, mode 0600). An auditor\n"
+	    "checks it with: openssl dgst -sha256 -verify station.pub -signature FILE.sig FILE\n"
+	    "(Ed25519: openssl pkeyutl -verify -pubin -inkey station.pub -rawin -in FILE\n"
+	    "-sigfile FILE.sig).\n");
 }
 
 /* Field service: the earlier certificates of a serial, printed before it is provisioned. */
@@ -139,9 +153,8 @@ static void preauth_report(const struct ps_preauth_event *ev, void *user)
  * station or `provstation preauth flush`. */
 static void preauth_now(struct ps_db *db, const struct ps_config *cfg, int64_t cert_id)
 {
-	struct ps_preauth_flush_opts opts = {.only_cert_id = cert_id,
-					     .policy = cfg->preauth_on_conflict,
-					     .report = preauth_report};
+	struct ps_preauth_flush_opts opts = {
+	    .only_cert_id = cert_id, .policy = cfg->preauth_on_conflict, .report = preauth_report};
 	struct ps_preauth_flush_result fres = {0};
 	struct ps_preauth_client *client = NULL;
 	struct ps_err err = {""};
@@ -156,14 +169,14 @@ static void preauth_now(struct ps_db *db, const struct ps_config *cfg, int64_t c
 int cmd_provision(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		COMMON_OPTIONS,
-		{"target", required_argument, NULL, OPT_TARGET},
-		{"serial", required_argument, NULL, OPT_SERIAL},
-		{"passphrase-file", required_argument, NULL, OPT_PASSFILE},
-		{"allow-unlisted", no_argument, NULL, OPT_ALLOW_UNLISTED},
-		{"allow-fixed-disk", no_argument, NULL, OPT_ALLOW_FIXED},
-		{"preauth", no_argument, NULL, OPT_PREAUTH},
-		{NULL, 0, NULL, 0},
+	    COMMON_OPTIONS,
+	    {"target", required_argument, NULL, OPT_TARGET},
+	    {"serial", required_argument, NULL, OPT_SERIAL},
+	    {"passphrase-file", required_argument, NULL, OPT_PASSFILE},
+	    {"allow-unlisted", no_argument, NULL, OPT_ALLOW_UNLISTED},
+	    {"allow-fixed-disk", no_argument, NULL, OPT_ALLOW_FIXED},
+	    {"preauth", no_argument, NULL, OPT_PREAUTH},
+	    {NULL, 0, NULL, 0},
 	};
 	struct common_args args = {0};
 	struct ps_passphrase_src pass = {.allow_prompt = true};
@@ -270,9 +283,9 @@ out:
 int cmd_verify(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		COMMON_OPTIONS,
-		{"target", required_argument, NULL, OPT_TARGET},
-		{NULL, 0, NULL, 0},
+	    COMMON_OPTIONS,
+	    {"target", required_argument, NULL, OPT_TARGET},
+	    {NULL, 0, NULL, 0},
 	};
 	struct common_args args = {0};
 	struct ps_verify_result res;
@@ -329,24 +342,33 @@ out:
 
 int cmd_export(int argc, char **argv)
 {
-	enum { OPT_FORMAT = 2000, OPT_SINCE, OPT_UNTIL, OPT_STATUS, OPT_STATION, OPT_BATCH,
-	       OPT_OUT, OPT_DEVICE, OPT_SIGN };
-	static const struct option opts[] = {
-		COMMON_OPTIONS,
-		{"format", required_argument, NULL, OPT_FORMAT},
-		{"since", required_argument, NULL, OPT_SINCE},
-		{"until", required_argument, NULL, OPT_UNTIL},
-		{"status", required_argument, NULL, OPT_STATUS},
-		{"station", required_argument, NULL, OPT_STATION},
-		{"batch", required_argument, NULL, OPT_BATCH},
-		{"serial", required_argument, NULL, OPT_DEVICE},
-		{"out", required_argument, NULL, OPT_OUT},
-		{"sign", required_argument, NULL, OPT_SIGN},
-		{NULL, 0, NULL, 0},
+	enum {
+		OPT_FORMAT = 2000,
+		OPT_SINCE,
+		OPT_UNTIL,
+		OPT_STATUS,
+		OPT_STATION,
+		OPT_BATCH,
+		OPT_OUT,
+		OPT_DEVICE,
+		OPT_SIGN
 	};
-	static const char *const states[] = {PS_STATE_ISSUED, PS_STATE_WRITTEN, PS_STATE_VERIFIED,
-					     PS_STATE_FAILED, PS_STATE_SUPERSEDED,
-					     PS_STATE_REVOKED};
+	static const struct option opts[] = {
+	    COMMON_OPTIONS,
+	    {"format", required_argument, NULL, OPT_FORMAT},
+	    {"since", required_argument, NULL, OPT_SINCE},
+	    {"until", required_argument, NULL, OPT_UNTIL},
+	    {"status", required_argument, NULL, OPT_STATUS},
+	    {"station", required_argument, NULL, OPT_STATION},
+	    {"batch", required_argument, NULL, OPT_BATCH},
+	    {"serial", required_argument, NULL, OPT_DEVICE},
+	    {"out", required_argument, NULL, OPT_OUT},
+	    {"sign", required_argument, NULL, OPT_SIGN},
+	    {NULL, 0, NULL, 0},
+	};
+	static const char *const states[] = {PS_STATE_ISSUED,	  PS_STATE_WRITTEN,
+					     PS_STATE_VERIFIED,	  PS_STATE_FAILED,
+					     PS_STATE_SUPERSEDED, PS_STATE_REVOKED};
 	struct common_args args = {0};
 	struct ps_db_filter filter = {0};
 	enum ps_export_format format = PS_EXPORT_CSV;

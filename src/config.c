@@ -15,9 +15,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum setting_kind { SET_STRING, SET_DAYS, SET_KEY_TYPE, SET_CONF_TARGET, SET_PARTITION,
-		    SET_PARTITION_LIST, SET_BOOL, SET_PORTS, SET_SERIAL_SOURCE, SET_USB_IDS,
-		    SET_SECONDS, SET_REGEX, SET_ON_CONFLICT };
+enum setting_kind {
+	SET_STRING,
+	SET_DAYS,
+	SET_KEY_TYPE,
+	SET_CONF_TARGET,
+	SET_PARTITION,
+	SET_PARTITION_LIST,
+	SET_BOOL,
+	SET_PORTS,
+	SET_SERIAL_SOURCE,
+	SET_USB_IDS,
+	SET_SECONDS,
+	SET_REGEX,
+	SET_ON_CONFLICT
+};
 
 /* Which object a setting lives in: the configuration, the current [slot NAME] or
  * [board NAME]. */
@@ -31,51 +43,58 @@ struct setting {
 	enum setting_scope scope;
 };
 
-#define S(sec, key, kind, field) {sec, key, kind, offsetof(struct ps_config, field), SCOPE_CONFIG}
-#define SLOT(key, kind, field)                                                                 \
-	{"slot", key, kind, offsetof(struct ps_slot_config, field), SCOPE_SLOT}
-#define BOARD(key, kind, field)                                                                \
-	{"board", key, kind, offsetof(struct ps_board_config, field), SCOPE_BOARD}
+#define S(sec, key, kind, field)                                                                   \
+	{                                                                                          \
+		sec, key, kind, offsetof(struct ps_config, field), SCOPE_CONFIG                    \
+	}
+#define SLOT(key, kind, field)                                                                     \
+	{                                                                                          \
+		"slot", key, kind, offsetof(struct ps_slot_config, field), SCOPE_SLOT              \
+	}
+#define BOARD(key, kind, field)                                                                    \
+	{                                                                                          \
+		"board", key, kind, offsetof(struct ps_board_config, field), SCOPE_BOARD           \
+	}
 static const struct setting settings[] = {
-	S("station", "id", SET_STRING, station_id),
-	S("station", "operator", SET_STRING, operator_name),
-	S("station", "database", SET_STRING, database),
-	S("station", "batch", SET_STRING, batch),
-	S("ca", "dir", SET_STRING, ca_dir),
-	S("ca", "passphrase_file", SET_STRING, ca_passphrase_file),
-	S("device", "key_type", SET_KEY_TYPE, key_type),
-	S("device", "common_name", SET_STRING, common_name),
-	S("device", "subject", SET_STRING, subject),
-	S("device", "days", SET_DAYS, days),
-	S("mender", "server_url", SET_STRING, server_url),
-	S("mender", "tenant_token", SET_STRING, tenant_token),
-	S("mender", "server_certificate", SET_STRING, server_certificate),
-	S("mender", "conf_target", SET_CONF_TARGET, conf_target),
-	S("mender", "data_partition", SET_PARTITION, data_partition),
-	S("mender", "rootfs_partitions", SET_PARTITION_LIST, rootfs_partitions),
-	S("audit", "revoke_superseded", SET_BOOL, revoke_superseded),
-	S("station", "slots_dir", SET_STRING, slots_dir),
-	S("station", "serial_pattern", SET_REGEX, serial_pattern),
-	S("station", "confirm", SET_BOOL, confirm),
-	S("station", "hotplug", SET_BOOL, hotplug),
-	S("preauth", "enabled", SET_BOOL, preauth_enabled),
-	S("preauth", "server", SET_STRING, preauth_server),
-	S("preauth", "token_file", SET_STRING, preauth_token_file),
-	S("preauth", "username", SET_STRING, preauth_username),
-	S("preauth", "password_file", SET_STRING, preauth_password_file),
-	S("preauth", "ca_bundle", SET_STRING, preauth_ca_bundle),
-	S("preauth", "identity", SET_STRING, preauth_identity),
-	S("preauth", "serial_file", SET_STRING, preauth_serial_file),
-	S("preauth", "on_conflict", SET_ON_CONFLICT, preauth_on_conflict),
-	SLOT("ports", SET_PORTS, ports),
-	SLOT("serial_source", SET_SERIAL_SOURCE, serial_source),
-	SLOT("serial_prefix", SET_STRING, serial_prefix),
-	SLOT("flash", SET_STRING, flash),
-	SLOT("bmap", SET_STRING, bmap),
-	SLOT("allow_fixed", SET_BOOL, allow_fixed),
-	BOARD("usb_id", SET_USB_IDS, usb_ids),
-	BOARD("helper", SET_STRING, helper),
-	BOARD("timeout", SET_SECONDS, timeout),
+    S("station", "id", SET_STRING, station_id),
+    S("station", "operator", SET_STRING, operator_name),
+    S("station", "database", SET_STRING, database),
+    S("station", "batch", SET_STRING, batch),
+    S("ca", "dir", SET_STRING, ca_dir),
+    S("ca", "passphrase_file", SET_STRING, ca_passphrase_file),
+    S("device", "key_type", SET_KEY_TYPE, key_type),
+    S("device", "common_name", SET_STRING, common_name),
+    S("device", "subject", SET_STRING, subject),
+    S("device", "days", SET_DAYS, days),
+    S("mender", "server_url", SET_STRING, server_url),
+    S("mender", "tenant_token", SET_STRING, tenant_token),
+    S("mender", "server_certificate", SET_STRING, server_certificate),
+    S("mender", "conf_target", SET_CONF_TARGET, conf_target),
+    S("mender", "data_partition", SET_PARTITION, data_partition),
+    S("mender", "rootfs_partitions", SET_PARTITION_LIST, rootfs_partitions),
+    S("audit", "revoke_superseded", SET_BOOL, revoke_superseded),
+    S("station", "slots_dir", SET_STRING, slots_dir),
+    S("station", "serial_pattern", SET_REGEX, serial_pattern),
+    S("station", "confirm", SET_BOOL, confirm),
+    S("station", "hotplug", SET_BOOL, hotplug),
+    S("preauth", "enabled", SET_BOOL, preauth_enabled),
+    S("preauth", "server", SET_STRING, preauth_server),
+    S("preauth", "token_file", SET_STRING, preauth_token_file),
+    S("preauth", "username", SET_STRING, preauth_username),
+    S("preauth", "password_file", SET_STRING, preauth_password_file),
+    S("preauth", "ca_bundle", SET_STRING, preauth_ca_bundle),
+    S("preauth", "identity", SET_STRING, preauth_identity),
+    S("preauth", "serial_file", SET_STRING, preauth_serial_file),
+    S("preauth", "on_conflict", SET_ON_CONFLICT, preauth_on_conflict),
+    SLOT("ports", SET_PORTS, ports),
+    SLOT("serial_source", SET_SERIAL_SOURCE, serial_source),
+    SLOT("serial_prefix", SET_STRING, serial_prefix),
+    SLOT("flash", SET_STRING, flash),
+    SLOT("bmap", SET_STRING, bmap),
+    SLOT("allow_fixed", SET_BOOL, allow_fixed),
+    BOARD("usb_id", SET_USB_IDS, usb_ids),
+    BOARD("helper", SET_STRING, helper),
+    BOARD("timeout", SET_SECONDS, timeout),
 };
 #undef S
 #undef SLOT
@@ -268,8 +287,8 @@ static int apply_setting(struct ps_config *cfg, void *base, const struct setting
 		int code = *value ? regcomp(&re, value, REG_EXTENDED | REG_NOSUB) : 0;
 
 		if (code != 0)
-			return ps_fail(err, PS_EINVAL, "'%s' is not a valid extended regular expression",
-				       value);
+			return ps_fail(err, PS_EINVAL,
+				       "'%s' is not a valid extended regular expression", value);
 		if (*value)
 			regfree(&re);
 		return ps_config_set((char **)field, value, err);
@@ -315,8 +334,8 @@ static int apply_setting(struct ps_config *cfg, void *base, const struct setting
 			char extra;
 
 			if (sscanf(tok, "%4x:%4x%c", &vid, &pid, &extra) != 2)
-				return ps_fail(err, PS_EINVAL, "'%s' is not a USB id VID:PID in hex",
-					       tok);
+				return ps_fail(err, PS_EINVAL,
+					       "'%s' is not a USB id VID:PID in hex", tok);
 			if (board->n_usb_ids == PS_MAX_BOARD_IDS)
 				return ps_fail(err, PS_EINVAL, "more than %d USB ids",
 					       PS_MAX_BOARD_IDS);
@@ -402,8 +421,7 @@ static int open_named_section(struct ps_config *cfg, const char *kind, const cha
 			return PS_ENOMEM;
 		return ps_config_set(&cfg->boards[*index].name, value, err);
 	}
-	return ps_fail(err, PS_EINVAL, "%s:%d: unknown section [%s %s]", name, lineno, kind,
-		       value);
+	return ps_fail(err, PS_EINVAL, "%s:%d: unknown section [%s %s]", name, lineno, kind, value);
 }
 
 static int parse_ini(struct ps_config *cfg, char *text, const char *name, struct ps_err *err)
@@ -463,8 +481,8 @@ static int parse_ini(struct ps_config *cfg, char *text, const char *name, struct
 		}
 		eq = strchr(line, '=');
 		if (eq == NULL)
-			return ps_fail(err, PS_EINVAL, "%s:%d: expected key = value, got '%s'", name,
-				       lineno, line);
+			return ps_fail(err, PS_EINVAL, "%s:%d: expected key = value, got '%s'",
+				       name, lineno, line);
 		*eq = '\0';
 		key = trim(line);
 		value = trim(eq + 1);
@@ -472,7 +490,8 @@ static int parse_ini(struct ps_config *cfg, char *text, const char *name, struct
 			return ps_fail(err, PS_EINVAL, "%s:%d: key '%s' before any [section]", name,
 				       lineno, key);
 		for (i = 0; i < PS_ARRAY_SIZE(settings); i++)
-			if (settings[i].scope == scope && strcmp(settings[i].section, section) == 0 &&
+			if (settings[i].scope == scope &&
+			    strcmp(settings[i].section, section) == 0 &&
 			    strcmp(settings[i].key, key) == 0)
 				break;
 		if (i == PS_ARRAY_SIZE(settings))
@@ -617,8 +636,9 @@ int ps_expand_template(const char *tmpl, const char *serial, const char *cn, cha
 		}
 		n = value ? strlen(value) : 1;
 		if (used + n >= out_len)
-			return ps_fail(err, PS_EINVAL, "template '%s' expands to more than %zu bytes",
-				       tmpl, out_len - 1);
+			return ps_fail(err, PS_EINVAL,
+				       "template '%s' expands to more than %zu bytes", tmpl,
+				       out_len - 1);
 		memcpy(out + used, value ? value : p, n);
 		used += n;
 		if (value == NULL)

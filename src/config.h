@@ -9,10 +9,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define PS_DEFAULT_CONFIG   "/etc/provstation/station.conf"
-#define PS_CONFIG_ENV	    "PROVSTATION_CONFIG"
-#define PS_SERIAL_MAX	    64
-#define PS_MAX_ROOTFS	    4
+#define PS_DEFAULT_CONFIG "/etc/provstation/station.conf"
+#define PS_CONFIG_ENV	  "PROVSTATION_CONFIG"
+#define PS_SERIAL_MAX	  64
+#define PS_MAX_ROOTFS	  4
 
 /* [preauth] on_conflict: what a conflicting device on the server (same identity, another key)
  * gets. */
@@ -45,10 +45,10 @@ struct ps_slot_config {
 	char *ports[PS_MAX_PORTS]; /* ID_PATH patterns (fnmatch), e.g. "pci-*-usb-0:1:1.0-*" */
 	int n_ports;
 	enum ps_serial_source serial_source;
-	char *serial_prefix;	   /* for the sequence source */
-	char *flash;		   /* golden image to write first, or "" */
-	char *bmap;		   /* its bmap file, or "" */
-	bool allow_fixed;	   /* accept a non-removable disk that is not on USB or MMC */
+	char *serial_prefix; /* for the sequence source */
+	char *flash;	     /* golden image to write first, or "" */
+	char *bmap;	     /* its bmap file, or "" */
+	bool allow_fixed;    /* accept a non-removable disk that is not on USB or MMC */
 };
 
 /* [board NAME]: USB boards in a boot or recovery mode, and how to make them a disk. */
@@ -56,8 +56,8 @@ struct ps_board_config {
 	char *name;
 	uint16_t usb_ids[PS_MAX_BOARD_IDS][2]; /* vid, pid */
 	int n_usb_ids;
-	char *helper;	/* command run when such a board appears ({port} is its USB port) */
-	long timeout;	/* seconds to wait for the disk to appear under the same port */
+	char *helper; /* command run when such a board appears ({port} is its USB port) */
+	long timeout; /* seconds to wait for the disk to appear under the same port */
 };
 
 struct ps_config {
@@ -84,9 +84,9 @@ struct ps_config {
 	char *tenant_token;
 	char *server_certificate; /* CA file on the station, installed into the image */
 	enum ps_conf_target conf_target;
-	int data_partition;	  /* 0: discover */
+	int data_partition; /* 0: discover */
 	int rootfs_partitions[PS_MAX_ROOTFS];
-	int n_rootfs_partitions;  /* 0: discover */
+	int n_rootfs_partitions; /* 0: discover */
 
 	/* [audit] */
 	bool revoke_superseded;

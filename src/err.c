@@ -7,7 +7,7 @@
 #include <string.h>
 
 static void format_into(struct ps_err *err, const char *fmt, va_list ap)
-	__attribute__((format(printf, 2, 0)));
+    __attribute__((format(printf, 2, 0)));
 
 static void format_into(struct ps_err *err, const char *fmt, va_list ap)
 {

@@ -49,14 +49,16 @@ void ps_partition_describe(const struct ps_partition *part, char *out, size_t ou
 
 /* The filesystems worth telling apart on a device's disk; probing only for these keeps
  * discovery fast. Anything else shows as unformatted. */
-static char fs_type_names[][10] = {"ext2",     "ext3",  "ext4", "jbd",  "vfat",
-				   "swap",     "btrfs", "xfs",	"f2fs", "squashfs",
-				   "erofs",    "ntfs",	"exfat"};
+static char fs_type_names[][10] = {"ext2", "ext3", "ext4",     "jbd",	"vfat", "swap", "btrfs",
+				   "xfs",  "f2fs", "squashfs", "erofs", "ntfs", "exfat"};
 static char *fs_types[] = {
-	fs_type_names[0], fs_type_names[1], fs_type_names[2],  fs_type_names[3],
-	fs_type_names[4], fs_type_names[5], fs_type_names[6],  fs_type_names[7],
-	fs_type_names[8], fs_type_names[9], fs_type_names[10], fs_type_names[11],
-	fs_type_names[12], NULL,
+    fs_type_names[0],  fs_type_names[1],
+    fs_type_names[2],  fs_type_names[3],
+    fs_type_names[4],  fs_type_names[5],
+    fs_type_names[6],  fs_type_names[7],
+    fs_type_names[8],  fs_type_names[9],
+    fs_type_names[10], fs_type_names[11],
+    fs_type_names[12], NULL,
 };
 
 /* Probe the filesystem inside one partition. */
@@ -68,8 +70,8 @@ static int probe_filesystem(int fd, struct ps_partition *part)
 
 	if (pr == NULL)
 		return -1;
-	if (blkid_probe_set_device(pr, fd, (blkid_loff_t)part->offset,
-				   (blkid_loff_t)part->size) != 0)
+	if (blkid_probe_set_device(pr, fd, (blkid_loff_t)part->offset, (blkid_loff_t)part->size) !=
+	    0)
 		goto out;
 	blkid_probe_enable_superblocks(pr, 1);
 	blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_LABEL);
@@ -164,8 +166,7 @@ out:
 }
 
 /* Assign roles: the data partition, then the root filesystems before it. */
-static int assign_roles(struct ps_image *img, const struct ps_layout_hint *hint,
-			struct ps_err *err)
+static int assign_roles(struct ps_image *img, const struct ps_layout_hint *hint, struct ps_err *err)
 {
 	char desc[128];
 	int i, data = -1, n_ext = 0;
@@ -209,11 +210,12 @@ static int assign_roles(struct ps_image *img, const struct ps_layout_hint *hint,
 			int idx = find_number(img, hint->rootfs_partitions[i]);
 
 			if (idx < 0 || idx == data)
-				return ps_fail(err, PS_EINVAL,
-					       "%s: rootfs partition %d ([mender] rootfs_partitions) "
-					       "%s",
-					       img->path, hint->rootfs_partitions[i],
-					       idx < 0 ? "does not exist" : "is the data partition");
+				return ps_fail(
+				    err, PS_EINVAL,
+				    "%s: rootfs partition %d ([mender] rootfs_partitions) "
+				    "%s",
+				    img->path, hint->rootfs_partitions[i],
+				    idx < 0 ? "does not exist" : "is the data partition");
 			img->rootfs[img->n_rootfs++] = idx;
 			img->parts[idx].role = PS_ROLE_ROOTFS;
 		}
@@ -251,8 +253,8 @@ int ps_image_open(struct ps_image *img, const char *path, bool writable,
 		goto out;
 	}
 	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-		rc = ps_fail(err, PS_EINVAL, "target %s is neither an image file nor a block device",
-			     path);
+		rc = ps_fail(err, PS_EINVAL,
+			     "target %s is neither an image file nor a block device", path);
 		goto out;
 	}
 	img->is_block_device = S_ISBLK(st.st_mode);
@@ -318,8 +320,8 @@ void ps_image_close(struct ps_image *img)
 	img->fd = -1;
 }
 
-static int fs_fail(struct ps_fs *fs, errcode_t code, int status, const char *what,
-		   const char *path, struct ps_err *err)
+static int fs_fail(struct ps_fs *fs, errcode_t code, int status, const char *what, const char *path,
+		   struct ps_err *err)
 {
 	return ps_fail(err, status, "%s %s in partition %s: %s", what, path, fs->name,
 		       ext2_message(code));
@@ -410,8 +412,7 @@ int ps_fs_close(struct ps_fs *fs, struct ps_err *err)
 	if (fs->fs != NULL)
 		code = ext2fs_close_free(&fs->fs);
 	if (code != 0)
-		rc = ps_fail(err, PS_EIO, "closing partition %s: %s", fs->name,
-			     ext2_message(code));
+		rc = ps_fail(err, PS_EIO, "closing partition %s: %s", fs->name, ext2_message(code));
 	free(fs);
 	return rc;
 }
@@ -421,8 +422,7 @@ static int lookup(struct ps_fs *fs, const char *path, ext2_ino_t *ino, struct ps
 	errcode_t code = ext2fs_namei(fs->fs, EXT2_ROOT_INO, EXT2_ROOT_INO, path, ino);
 
 	if (code == EXT2_ET_FILE_NOT_FOUND || code == EXT2_ET_NO_DIRECTORY)
-		return ps_fail(err, PS_ENOENT, "%s does not exist in partition %s", path,
-			       fs->name);
+		return ps_fail(err, PS_ENOENT, "%s does not exist in partition %s", path, fs->name);
 	if (code != 0)
 		return fs_fail(fs, code, PS_EIO, "looking up", path, err);
 	return 0;
@@ -579,8 +579,8 @@ static int resolve_dir(struct ps_fs *fs, const char *path, bool make, ext2_ino_t
 					code = ext2fs_mkdir(fs->fs, dir, 0, component);
 			}
 			if (code == 0)
-				code = ext2fs_lookup(fs->fs, dir, component,
-						     (int)strlen(component), NULL, &child);
+				code = ext2fs_lookup(fs->fs, dir, component, (int)strlen(component),
+						     NULL, &child);
 		}
 		if (code != 0)
 			return fs_fail(fs, code, PS_EIO, "making directory", path, err);

@@ -11,7 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PS_MAX_PARTITIONS 32
+#define PS_MAX_PARTITIONS   32
 #define PS_MAX_ROOTFS_PARTS 4
 
 enum ps_part_role { PS_ROLE_OTHER, PS_ROLE_BOOT, PS_ROLE_ROOTFS, PS_ROLE_DATA };
@@ -41,7 +41,7 @@ struct ps_image {
 	char table[8]; /* "dos" or "gpt" */
 	struct ps_partition parts[PS_MAX_PARTITIONS];
 	int n_parts;
-	int data;			   /* index into parts */
+	int data;			 /* index into parts */
 	int rootfs[PS_MAX_ROOTFS_PARTS]; /* indexes into parts */
 	int n_rootfs;
 };

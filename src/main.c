@@ -10,22 +10,22 @@ static int cmd_help(int argc, char **argv);
 static int cmd_version(int argc, char **argv);
 
 static const struct ps_command commands[] = {
-	{"ca", cmd_ca, "create the CA, issue server and device certificates"},
-	{"provision", cmd_provision, "personalize a Mender image or disk for one device"},
-	{"flash", cmd_flash, "write a golden image (raw, gz, xz, zst; bmap) to disks or files"},
-	{"verify", cmd_verify, "check a personalized image against the CA"},
-	{"export", cmd_export, "print the audit rows as CSV or JSON lines"},
-	{"revoke", cmd_revoke, "revoke a certificate, or every certificate of a device"},
-	{"crl", cmd_crl, "write the CA's revocation list (PEM) or the revoked serials"},
-	{"import", cmd_import, "merge another station's export into the audit database"},
-	{"audit", cmd_audit, "verify the audit trail's hash chain, or back it up online"},
-	{"devices", cmd_devices, "list disks and USB boards: port, slot, serial, safety"},
-	{"station", cmd_station, "the provisioning station's screen (slots, serials, audit)"},
-	{"preauth", cmd_preauth, "preauthorize devices on the Mender server; the outbox"},
-	{"demo", cmd_demo, "create a demo workspace and provision a sample image"},
+    {"ca", cmd_ca, "create the CA, issue server and device certificates"},
+    {"provision", cmd_provision, "personalize a Mender image or disk for one device"},
+    {"flash", cmd_flash, "write a golden image (raw, gz, xz, zst; bmap) to disks or files"},
+    {"verify", cmd_verify, "check a personalized image against the CA"},
+    {"export", cmd_export, "print the audit rows as CSV or JSON lines"},
+    {"revoke", cmd_revoke, "revoke a certificate, or every certificate of a device"},
+    {"crl", cmd_crl, "write the CA's revocation list (PEM) or the revoked serials"},
+    {"import", cmd_import, "merge another station's export into the audit database"},
+    {"audit", cmd_audit, "verify the audit trail's hash chain, or back it up online"},
+    {"devices", cmd_devices, "list disks and USB boards: port, slot, serial, safety"},
+    {"station", cmd_station, "the provisioning station's screen (slots, serials, audit)"},
+    {"preauth", cmd_preauth, "preauthorize devices on the Mender server; the outbox"},
+    {"demo", cmd_demo, "create a demo workspace and provision a sample image"},
 
-	{"help", cmd_help, "list the commands"},
-	{"version", cmd_version, "print the version"},
+    {"help", cmd_help, "list the commands"},
+    {"version", cmd_version, "print the version"},
 };
 
 /* Print text on one line: control characters (from a file name or a scanned serial, say)

@@ -14,14 +14,15 @@ struct setting_path {
 
 /* The keys the station sets, in the order of struct ps_mender_settings' fields. */
 static const struct setting_path station_keys[] = {
-	{"HttpsClient", "Certificate"}, {"HttpsClient", "Key"},	    {"Security", "AuthPrivateKey"},
-	{NULL, "ServerURL"},		{NULL, "TenantToken"},	    {NULL, "ServerCertificate"},
+    {"HttpsClient", "Certificate"}, {"HttpsClient", "Key"},
+    {"Security", "AuthPrivateKey"}, {NULL, "ServerURL"},
+    {NULL, "TenantToken"},	    {NULL, "ServerCertificate"},
 };
 
 static const char *setting_value(const struct ps_mender_settings *s, size_t i)
 {
-	const char *values[] = {s->cert_path,	 s->key_path,	  s->key_path,
-				s->server_url,	 s->tenant_token, s->server_certificate};
+	const char *values[] = {s->cert_path,  s->key_path,	s->key_path,
+				s->server_url, s->tenant_token, s->server_certificate};
 
 	return values[i] && values[i][0] ? values[i] : NULL;
 }
@@ -39,7 +40,8 @@ json_t *ps_json_get_ci(json_t *obj, const char *key, const char **actual)
 			*actual = key;
 		return v;
 	}
-	json_object_foreach (obj, k, v) {
+	json_object_foreach(obj, k, v)
+	{
 		if (strcasecmp(k, key) == 0) {
 			if (actual)
 				*actual = k;
@@ -113,7 +115,8 @@ static int merge_into(json_t *dst, json_t *src)
 	const char *k;
 	json_t *v;
 
-	json_object_foreach (src, k, v) {
+	json_object_foreach(src, k, v)
+	{
 		const char *actual = k;
 		json_t *existing = ps_json_get_ci(dst, k, &actual);
 
@@ -162,9 +165,8 @@ static bool non_empty(json_t *v)
 	return true;
 }
 
-int ps_menderconf_check_conflicts(json_t *fallback, json_t *main,
-				  const char *main_name, const struct ps_mender_settings *s,
-				  struct ps_err *err)
+int ps_menderconf_check_conflicts(json_t *fallback, json_t *main, const char *main_name,
+				  const struct ps_mender_settings *s, struct ps_err *err)
 {
 	size_t i;
 
@@ -216,13 +218,13 @@ int ps_menderconf_check_effective(json_t *effective, const struct ps_mender_sett
 		if (value == NULL)
 			continue;
 		if (!json_is_string(got) || strcmp(json_string_value(got), value) != 0)
-			return ps_fail(err, PS_EINVAL,
-				       "%s: the effective configuration has %s%s%s = %s, expected "
-				       "%s",
-				       where, station_keys[i].section ? station_keys[i].section : "",
-				       station_keys[i].section ? "." : "", station_keys[i].key,
-				       json_is_string(got) ? json_string_value(got) : "(unset)",
-				       value);
+			return ps_fail(
+			    err, PS_EINVAL,
+			    "%s: the effective configuration has %s%s%s = %s, expected "
+			    "%s",
+			    where, station_keys[i].section ? station_keys[i].section : "",
+			    station_keys[i].section ? "." : "", station_keys[i].key,
+			    json_is_string(got) ? json_string_value(got) : "(unset)", value);
 	}
 	return 0;
 }

@@ -33,9 +33,8 @@ json_t *ps_menderconf_effective(json_t *fallback, json_t *main);
 
 /* Refuse when main would override a key the station sets in the fallback (data partition)
  * file, or when ServerURL and Servers end up split across the two files. */
-int ps_menderconf_check_conflicts(json_t *fallback, json_t *main,
-				  const char *main_name, const struct ps_mender_settings *s,
-				  struct ps_err *err);
+int ps_menderconf_check_conflicts(json_t *fallback, json_t *main, const char *main_name,
+				  const struct ps_mender_settings *s, struct ps_err *err);
 
 /* Check that an effective configuration points at the station's files and settings. */
 int ps_menderconf_check_effective(json_t *effective, const struct ps_mender_settings *s,

@@ -49,7 +49,7 @@ static void set_settings(struct plan *plan, const struct ps_config *cfg)
 	plan->settings.server_url = cfg->server_url;
 	plan->settings.tenant_token = cfg->tenant_token;
 	plan->settings.server_certificate =
-		cfg->server_certificate[0] ? PS_DEVICE_DATA_DIR "/" PS_SERVER_CERT_NAME : NULL;
+	    cfg->server_certificate[0] ? PS_DEVICE_DATA_DIR "/" PS_SERVER_CERT_NAME : NULL;
 }
 
 /* Read and parse a mender.conf; an absent file leaves cf->conf NULL. */
@@ -178,12 +178,13 @@ static size_t data_files(struct plan *plan, const struct ps_config *cfg, const c
 	files[n++] = (struct ps_fs_file){PS_DATA_DIR "/" PS_KEY_NAME, key, key_len, 0600};
 	files[n++] = (struct ps_fs_file){PS_DATA_DIR "/" PS_CERT_NAME, cert, cert_len, 0644};
 	if (plan->server_cert_pem != NULL)
-		files[n++] = (struct ps_fs_file){PS_DATA_DIR "/" PS_SERVER_CERT_NAME,
-						 plan->server_cert_pem, plan->server_cert_len, 0644};
+		files[n++] =
+		    (struct ps_fs_file){PS_DATA_DIR "/" PS_SERVER_CERT_NAME, plan->server_cert_pem,
+					plan->server_cert_len, 0644};
 	if (conf_text != NULL)
-		files[n++] = (struct ps_fs_file){PS_DATA_DIR "/" PS_CONF_NAME, conf_text,
-						 strlen(conf_text),
-						 plan->data.conf ? plan->data.mode : 0600};
+		files[n++] =
+		    (struct ps_fs_file){PS_DATA_DIR "/" PS_CONF_NAME, conf_text, strlen(conf_text),
+					plan->data.conf ? plan->data.mode : 0600};
 	/* The serial, for the identity script (scripts/mender-device-identity). */
 	if (cfg->preauth_serial_file[0] != '\0' && plan->serial_text[0] != '\0')
 		files[n++] = (struct ps_fs_file){cfg->preauth_serial_file, plan->serial_text,
@@ -224,9 +225,8 @@ static int plan_check(struct plan *plan, const struct ps_config *cfg, struct ps_
 		if (rc == 0)
 			rc = ps_menderconf_parse(text, strlen(text), plan->data.name, &merged, err);
 		for (i = 0; rc == 0 && i < plan->n_roots; i++)
-			rc = ps_menderconf_check_conflicts(merged, plan->roots[i].conf,
-							   plan->roots[i].name, &plan->settings,
-							   err);
+			rc = ps_menderconf_check_conflicts(
+			    merged, plan->roots[i].conf, plan->roots[i].name, &plan->settings, err);
 	} else {
 		for (i = 0; rc == 0 && i < plan->n_roots; i++) {
 			struct conf_file *cf = &plan->roots[i];
@@ -241,8 +241,8 @@ static int plan_check(struct plan *plan, const struct ps_config *cfg, struct ps_
 			merged = NULL;
 			rc = merged_text(cf, &plan->settings, &text, err);
 			if (rc == 0)
-				rc = ps_menderconf_parse(text, strlen(text), cf->name, &merged,
-							 err);
+				rc =
+				    ps_menderconf_parse(text, strlen(text), cf->name, &merged, err);
 			if (rc == 0)
 				rc = ps_menderconf_check_conflicts(plan->data.conf, merged,
 								   cf->name, &none, err);
@@ -410,8 +410,8 @@ static int verify_plan(struct plan *plan, struct ps_ca *ca, const struct ps_issu
 		rc = ps_fs_read(plan->data.fs, PS_DATA_DIR "/" PS_CERT_NAME, 1 << 16, &cert_pem,
 				&cert_len, err);
 	if (rc == 0 && expect != NULL) {
-		rc = same_bytes(PS_KEY_NAME, key_pem, key_len, expect->key_pem,
-				expect->key_pem_len, err);
+		rc = same_bytes(PS_KEY_NAME, key_pem, key_len, expect->key_pem, expect->key_pem_len,
+				err);
 		if (rc == 0)
 			rc = same_bytes(PS_CERT_NAME, cert_pem, cert_len, expect->cert_pem,
 					strlen(expect->cert_pem), err);
@@ -429,16 +429,17 @@ static int verify_plan(struct plan *plan, struct ps_ca *ca, const struct ps_issu
 	if (rc < 0)
 		goto out;
 	if (X509_check_private_key(cert, key) != 1) {
-		rc = ps_fail(err, PS_EINVAL, "the device key in the image does not match its "
-					     "certificate");
+		rc = ps_fail(err, PS_EINVAL,
+			     "the device key in the image does not match its "
+			     "certificate");
 		goto out;
 	}
 	rc = ps_cert_verify(ca, cert, X509_PURPOSE_SSL_CLIENT, err);
 	if (rc == 0 && plan->server_cert_pem != NULL) {
 		rc = check_mode(plan->data.fs, PS_DATA_DIR "/" PS_SERVER_CERT_NAME, 0644, err);
 		if (rc == 0)
-			rc = ps_fs_read(plan->data.fs, PS_DATA_DIR "/" PS_SERVER_CERT_NAME, CONF_MAX,
-					&server_pem, &server_len, err);
+			rc = ps_fs_read(plan->data.fs, PS_DATA_DIR "/" PS_SERVER_CERT_NAME,
+					CONF_MAX, &server_pem, &server_len, err);
 		if (rc == 0)
 			rc = same_bytes(PS_SERVER_CERT_NAME, server_pem, server_len,
 					plan->server_cert_pem, plan->server_cert_len, err);
@@ -456,8 +457,8 @@ static int verify_plan(struct plan *plan, struct ps_ca *ca, const struct ps_issu
 		res->n_configs_checked++;
 	}
 	if (rc == 0 && plan->n_roots == 0) {
-		rc = ps_menderconf_check_effective(plan->data.conf, &plan->settings, plan->data.name,
-						   err);
+		rc = ps_menderconf_check_effective(plan->data.conf, &plan->settings,
+						   plan->data.name, err);
 		res->n_configs_checked++;
 	}
 	if (rc < 0)
@@ -539,15 +540,15 @@ int ps_provision(const struct ps_provision_request *req, struct ps_provision_res
 	snprintf(res->cert_serial, sizeof(res->cert_serial), "%s", issued.serial_hex);
 	snprintf(res->pubkey_sha256, sizeof(res->pubkey_sha256), "%s", issued.pubkey_sha256);
 	rec = (struct ps_issue_record){
-		.device_serial = req->serial,
-		.common_name = issued.common_name,
-		.pubkey_pem = issued.pubkey_pem,
-		.pubkey_sha256 = issued.pubkey_sha256,
-		.cert_serial = issued.serial_hex,
-		.cert_pem = issued.cert_pem,
-		.not_before = issued.not_before,
-		.not_after = issued.not_after,
-		.target = req->target,
+	    .device_serial = req->serial,
+	    .common_name = issued.common_name,
+	    .pubkey_pem = issued.pubkey_pem,
+	    .pubkey_sha256 = issued.pubkey_sha256,
+	    .cert_serial = issued.serial_hex,
+	    .cert_pem = issued.cert_pem,
+	    .not_before = issued.not_before,
+	    .not_after = issued.not_after,
+	    .target = req->target,
 	};
 	rc = ps_db_record_issued(req->db, &ctx, &rec, &res->audit_id, err);
 	if (rc < 0)

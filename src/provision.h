@@ -13,13 +13,13 @@
 #include <stdint.h>
 
 /* Where the station puts the device's files: the data partition is mounted at /data. */
-#define PS_DATA_DIR	     "/mender"
-#define PS_DEVICE_DATA_DIR   "/data/mender"
-#define PS_KEY_NAME	     "mender-cert-private.pem"
-#define PS_CERT_NAME	     "mender-cert.pem"
-#define PS_CONF_NAME	     "mender.conf"
-#define PS_SERVER_CERT_NAME  "server.crt"
-#define PS_MAIN_CONF	     "/etc/mender/mender.conf"
+#define PS_DATA_DIR	    "/mender"
+#define PS_DEVICE_DATA_DIR  "/data/mender"
+#define PS_KEY_NAME	    "mender-cert-private.pem"
+#define PS_CERT_NAME	    "mender-cert.pem"
+#define PS_CONF_NAME	    "mender.conf"
+#define PS_SERVER_CERT_NAME "server.crt"
+#define PS_MAIN_CONF	    "/etc/mender/mender.conf"
 
 /* Pipeline stages, reported to an optional observer. */
 enum ps_stage {
@@ -34,8 +34,8 @@ struct ps_provision_request {
 	const struct ps_config *cfg;
 	const char *target;
 	const char *serial;
-	struct ps_ca *ca;  /* loaded with its key */
-	struct ps_db *db;  /* the audit store */
+	struct ps_ca *ca; /* loaded with its key */
+	struct ps_db *db; /* the audit store */
 	/* The safety gate: a block device must be a station slot (or the operator says
 	 * --allow-unlisted) and pass ps_safety_check with this policy. */
 	bool target_is_slot;

@@ -170,15 +170,17 @@ static int check_in_use(const char *disk, const char *node, struct ps_err *err)
 
 		if (dev_numbers(disk, part, &major, &minor)) {
 			if (have_root && major(root.st_dev) == major && minor(root.st_dev) == minor)
-				return ps_fail(err, PS_EUNSAFE,
-					       "%s holds the running system (/dev/%s is mounted on /)",
-					       node, name);
+				return ps_fail(
+				    err, PS_EUNSAFE,
+				    "%s holds the running system (/dev/%s is mounted on /)", node,
+				    name);
 			if (mounted_at(major, minor, where, sizeof(where)))
-				return ps_fail(err, PS_EUNSAFE, "%s is in use: /dev/%s is mounted on %s",
-					       node, name, where);
+				return ps_fail(err, PS_EUNSAFE,
+					       "%s is in use: /dev/%s is mounted on %s", node, name,
+					       where);
 			if (used_as_swap(major, minor))
-				return ps_fail(err, PS_EUNSAFE, "%s is in use: /dev/%s is swap", node,
-					       name);
+				return ps_fail(err, PS_EUNSAFE, "%s is in use: /dev/%s is swap",
+					       node, name);
 		}
 		if (has_holder(disk, part, holder, sizeof(holder)))
 			return ps_fail(err, PS_EUNSAFE,
@@ -247,8 +249,8 @@ int ps_safety_check(const char *path, const struct ps_safety_policy *policy,
 	if (strlen(base) >= sizeof(facts->name))
 		return ps_fail(err, PS_EUNSAFE, "%s: unexpected kernel name", path);
 	memcpy(facts->name, base, strlen(base) + 1);
-	snprintf(sys, sizeof(sys), "%s/sys/dev/block/%u:%u/partition", ps_safety_root,
-		 facts->major, facts->minor);
+	snprintf(sys, sizeof(sys), "%s/sys/dev/block/%u:%u/partition", ps_safety_root, facts->major,
+		 facts->minor);
 	if (access(sys, F_OK) == 0)
 		return ps_fail(err, PS_EUNSAFE, "%s is a partition; give the whole disk", path);
 	if (read_attr(line, sizeof(line), facts->name, NULL, "removable") == 0)

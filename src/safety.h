@@ -11,8 +11,8 @@
 #include <stdint.h>
 
 struct ps_safety_policy {
-	bool allow_fixed;	/* a non-removable disk not on USB or MMC is acceptable */
-	uint64_t min_size;	/* bytes the disk must hold (0: no requirement) */
+	bool allow_fixed;  /* a non-removable disk not on USB or MMC is acceptable */
+	uint64_t min_size; /* bytes the disk must hold (0: no requirement) */
 };
 
 /* What the gate learned about a block device, for messages and `provstation devices`. */

@@ -33,8 +33,8 @@ struct slot {
 	bool in_use;			   /* the table entry is a slot */
 	const struct ps_slot_config *conf; /* NULL for virtual and unlisted disks */
 	bool job_running;
-	bool removed;	     /* the device left while a job ran on it */
-	bool reprovision;    /* the operator confirmed a serial seen before */
+	bool removed;	      /* the device left while a job ran on it */
+	bool reprovision;     /* the operator confirmed a serial seen before */
 	time_t waiting_since; /* when it started to wait for a serial */
 };
 
@@ -66,17 +66,17 @@ struct ps_station {
 const char *ps_slot_state_name(enum ps_slot_state state)
 {
 	static const char *const names[] = {
-		[PS_SLOT_EMPTY] = "empty",
-		[PS_SLOT_DETECTED] = "detected",
-		[PS_SLOT_WAITING_SERIAL] = "waiting for serial",
-		[PS_SLOT_WAITING_CONFIRM] = "waiting for confirm",
-		[PS_SLOT_FLASHING] = "flashing",
-		[PS_SLOT_PERSONALIZING] = "personalizing",
-		[PS_SLOT_VERIFYING] = "verifying",
-		[PS_SLOT_PREAUTH_QUEUED] = "preauthorization queued",
-		[PS_SLOT_PASS] = "PASS",
-		[PS_SLOT_FAIL] = "FAIL",
-		[PS_SLOT_NOT_A_SLOT] = "not a station slot",
+	    [PS_SLOT_EMPTY] = "empty",
+	    [PS_SLOT_DETECTED] = "detected",
+	    [PS_SLOT_WAITING_SERIAL] = "waiting for serial",
+	    [PS_SLOT_WAITING_CONFIRM] = "waiting for confirm",
+	    [PS_SLOT_FLASHING] = "flashing",
+	    [PS_SLOT_PERSONALIZING] = "personalizing",
+	    [PS_SLOT_VERIFYING] = "verifying",
+	    [PS_SLOT_PREAUTH_QUEUED] = "preauthorization queued",
+	    [PS_SLOT_PASS] = "PASS",
+	    [PS_SLOT_FAIL] = "FAIL",
+	    [PS_SLOT_NOT_A_SLOT] = "not a station slot",
 	};
 
 	if ((size_t)state < PS_ARRAY_SIZE(names) && names[state] != NULL)
@@ -102,7 +102,7 @@ static void notify(struct ps_station *st)
 
 /* Append a line to the log ring. Called with the lock held. */
 static void log_locked(struct ps_station *st, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 
 static void log_locked(struct ps_station *st, const char *fmt, ...)
 {
@@ -230,15 +230,15 @@ static void *run_job(void *arg)
 	struct job *job = arg;
 	struct ps_station *st = job->st;
 	struct ps_provision_request req = {
-		.cfg = st->cfg,
-		.target = job->target,
-		.serial = job->serial,
-		.ca = st->ca,
-		.target_is_slot = job->is_slot,
-		.safety = job->safety,
-		.observer = job_observer,
-		.observer_user = job,
-		.preauth = st->cfg->preauth_enabled,
+	    .cfg = st->cfg,
+	    .target = job->target,
+	    .serial = job->serial,
+	    .ca = st->ca,
+	    .target_is_slot = job->is_slot,
+	    .safety = job->safety,
+	    .observer = job_observer,
+	    .observer_user = job,
+	    .preauth = st->cfg->preauth_enabled,
 	};
 	struct ps_provision_result res;
 	struct ps_err err = {""};
@@ -334,8 +334,8 @@ static int start_job(struct ps_station *st, struct slot *slot, struct ps_err *er
 
 static bool is_image_name(const char *name)
 {
-	static const char *const suffixes[] = {".img", ".sdimg", ".uefiimg", ".gptimg",
-					       ".biosimg", ".wic"};
+	static const char *const suffixes[] = {".img",	  ".sdimg",   ".uefiimg",
+					       ".gptimg", ".biosimg", ".wic"};
 	size_t len = strlen(name), i;
 
 	if (name[0] == '.')
@@ -635,7 +635,8 @@ int ps_station_open(const struct ps_config *cfg, struct ps_ca *ca, struct ps_sta
 	pthread_cond_init(&st->jobs_done, NULL);
 	if (cfg->serial_pattern[0] != '\0') {
 		if (regcomp(&st->serial_re, cfg->serial_pattern, REG_EXTENDED | REG_NOSUB) != 0) {
-			rc = ps_fail(err, PS_EINVAL, "bad serial_pattern '%s'", cfg->serial_pattern);
+			rc =
+			    ps_fail(err, PS_EINVAL, "bad serial_pattern '%s'", cfg->serial_pattern);
 			goto out;
 		}
 		st->have_serial_re = true;
@@ -870,8 +871,8 @@ int ps_station_submit_serial(struct ps_station *st, int slot_id, const char *ser
 			return rc;
 		if (seen > 0)
 			return ps_fail(err, PS_EEXIST,
-				       "serial %s was provisioned before (%ld certificate%s)", serial,
-				       seen, seen == 1 ? "" : "s");
+				       "serial %s was provisioned before (%ld certificate%s)",
+				       serial, seen, seen == 1 ? "" : "s");
 	}
 	pthread_mutex_lock(&st->lock);
 	slot = slot_by_id(st, slot_id);
@@ -914,10 +915,9 @@ int ps_station_reset(struct ps_station *st, int slot_id, struct ps_err *err)
 
 	pthread_mutex_lock(&st->lock);
 	slot = slot_by_id(st, slot_id);
-	if (slot == NULL ||
-	    !(slot->view.state == PS_SLOT_WAITING_CONFIRM ||
-	      (slot->view.is_virtual &&
-	       (slot->view.state == PS_SLOT_PASS || slot->view.state == PS_SLOT_FAIL)))) {
+	if (slot == NULL || !(slot->view.state == PS_SLOT_WAITING_CONFIRM ||
+			      (slot->view.is_virtual && (slot->view.state == PS_SLOT_PASS ||
+							 slot->view.state == PS_SLOT_FAIL)))) {
 		rc = ps_fail(err, PS_EBUSY,
 			     "only a slot waiting for a confirm or a finished image-file slot can "
 			     "be reset");

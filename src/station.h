@@ -26,8 +26,8 @@ enum ps_slot_state {
 	PS_SLOT_VERIFYING,	 /* reading everything back */
 	PS_SLOT_PREAUTH_QUEUED,	 /* done; preauthorization queued */
 	PS_SLOT_PASS,
-	PS_SLOT_FAIL,	       /* message says why */
-	PS_SLOT_NOT_A_SLOT,    /* a disk on no configured port: shown, never written */
+	PS_SLOT_FAIL,	    /* message says why */
+	PS_SLOT_NOT_A_SLOT, /* a disk on no configured port: shown, never written */
 };
 
 /* Name of a state for display and logs ("waiting for serial", "PASS", ...). */
@@ -37,21 +37,21 @@ bool ps_slot_state_busy(enum ps_slot_state state);
 
 /* A snapshot of one slot, for display. */
 struct ps_slot_view {
-	int id;			/* stable for the station's lifetime */
-	char name[64];		/* configured name, or the image file's name */
-	bool is_virtual;	/* an image file in the slots directory */
+	int id;		 /* stable for the station's lifetime */
+	char name[64];	 /* configured name, or the image file's name */
+	bool is_virtual; /* an image file in the slots directory */
 	enum ps_slot_state state;
-	char target[1024];	/* /dev/sdb or the image file path */
+	char target[1024]; /* /dev/sdb or the image file path */
 	char vendor[64], model[64];
-	uint64_t size;		/* bytes */
+	uint64_t size; /* bytes */
 	char serial[PS_SERIAL_MAX + 1];
 	char common_name[PS_CN_MAX + 1];
-	char message[256];	/* FAIL reason, refusal, what is awaited */
-	double progress;	/* 0..1 during long steps, < 0 when unknown */
-	double rate;		/* bytes per second during long steps */
-	double eta;		/* seconds left, < 0 when unknown */
-	time_t since;		/* when the slot entered its state */
-	uint64_t generation;	/* changes whenever the slot changes */
+	char message[256];   /* FAIL reason, refusal, what is awaited */
+	double progress;     /* 0..1 during long steps, < 0 when unknown */
+	double rate;	     /* bytes per second during long steps */
+	double eta;	     /* seconds left, < 0 when unknown */
+	time_t since;	     /* when the slot entered its state */
+	uint64_t generation; /* changes whenever the slot changes */
 };
 
 struct ps_station_counts {
@@ -95,8 +95,8 @@ int ps_station_serial_seen(struct ps_station *st, const char *serial, long *coun
 /* Give slot (its id; -1: the slot that has waited longest) its serial. A serial seen before
  * is refused with PS_EEXIST unless reprovision is true. Starts the job, or waits for a
  * confirm when the configuration asks for one. */
-int ps_station_submit_serial(struct ps_station *st, int slot, const char *serial,
-			     bool reprovision, struct ps_err *err);
+int ps_station_submit_serial(struct ps_station *st, int slot, const char *serial, bool reprovision,
+			     struct ps_err *err);
 /* Start a slot that waits for the operator's confirm key. */
 int ps_station_confirm(struct ps_station *st, int slot, struct ps_err *err);
 /* Return a slot to WAITING_SERIAL: one waiting for a confirm (the operator takes the serial

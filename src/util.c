@@ -322,8 +322,7 @@ int ps_strdup(const char *s, char **out, struct ps_err *err)
 	return 0;
 }
 
-int ps_parse_int(const char *what, const char *s, long min, long max, long *out,
-		 struct ps_err *err)
+int ps_parse_int(const char *what, const char *s, long min, long max, long *out, struct ps_err *err)
 {
 	char *end = NULL;
 	long v;
@@ -331,8 +330,9 @@ int ps_parse_int(const char *what, const char *s, long min, long max, long *out,
 	errno = 0;
 	v = strtol(s, &end, 10);
 	if (s[0] == '\0' || end == NULL || *end != '\0' || errno != 0 || v < min || v > max)
-		return ps_fail(err, PS_EINVAL, "%s must be a whole number from %ld to %ld, not '%s'",
-			       what, min, max, s);
+		return ps_fail(err, PS_EINVAL,
+			       "%s must be a whole number from %ld to %ld, not '%s'", what, min,
+			       max, s);
 	*out = v;
 	return 0;
 }

@@ -10,7 +10,7 @@ static int tap_count;
 static int tap_failures;
 
 static inline void tap_result(int pass, const char *file, int line, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 
 static inline void tap_result(int pass, const char *file, int line, const char *fmt, ...)
 {
@@ -30,25 +30,25 @@ static inline void tap_result(int pass, const char *file, int line, const char *
 }
 
 #define ok(cond, ...) tap_result(!!(cond), __FILE__, __LINE__, __VA_ARGS__)
-#define is_int(got, want, ...)                                                                 \
-	do {                                                                                   \
-		long long tap_g = (long long)(got), tap_w = (long long)(want);                \
-		tap_result(tap_g == tap_w, __FILE__, __LINE__, __VA_ARGS__);                   \
-		if (tap_g != tap_w)                                                            \
-			printf("#   got %lld, want %lld\n", tap_g, tap_w);                      \
+#define is_int(got, want, ...)                                                                     \
+	do {                                                                                       \
+		long long tap_g = (long long)(got), tap_w = (long long)(want);                     \
+		tap_result(tap_g == tap_w, __FILE__, __LINE__, __VA_ARGS__);                       \
+		if (tap_g != tap_w)                                                                \
+			printf("#   got %lld, want %lld\n", tap_g, tap_w);                         \
 	} while (0)
-#define is_str(got, want, ...)                                                                 \
-	do {                                                                                   \
-		const char *tap_g = (got), *tap_w = (want);                                    \
-		int tap_same = tap_g && tap_w && strcmp(tap_g, tap_w) == 0;                    \
-		tap_result(tap_same, __FILE__, __LINE__, __VA_ARGS__);                         \
-		if (!tap_same)                                                                 \
-			printf("#   got '%s', want '%s'\n", tap_g ? tap_g : "(null)",          \
-			       tap_w ? tap_w : "(null)");                                      \
+#define is_str(got, want, ...)                                                                     \
+	do {                                                                                       \
+		const char *tap_g = (got), *tap_w = (want);                                        \
+		int tap_same = tap_g && tap_w && strcmp(tap_g, tap_w) == 0;                        \
+		tap_result(tap_same, __FILE__, __LINE__, __VA_ARGS__);                             \
+		if (!tap_same)                                                                     \
+			printf("#   got '%s', want '%s'\n", tap_g ? tap_g : "(null)",              \
+			       tap_w ? tap_w : "(null)");                                          \
 	} while (0)
-#define contains(haystack, needle, ...)                                                        \
-	tap_result((haystack) != NULL && strstr((haystack), (needle)) != NULL, __FILE__,       \
-		   __LINE__, __VA_ARGS__)
+#define contains(haystack, needle, ...)                                                            \
+	tap_result((haystack) != NULL && strstr((haystack), (needle)) != NULL, __FILE__, __LINE__, \
+		   __VA_ARGS__)
 
 static inline int tap_done(void)
 {

@@ -56,16 +56,15 @@ static void test_key_type(enum ps_key_type type, const char *dir_name)
 	ASN1_BIT_STRING *ku = NULL;
 
 	ok(ps_ca_init(&init, &err) == 0, "%s: CA created: %s", dir_name, err.msg);
-	ok(ps_ca_load(&ca, init.dir, true, NULL, &err) == 0, "%s: CA loads: %s", dir_name,
-	   err.msg);
+	ok(ps_ca_load(&ca, init.dir, true, NULL, &err) == 0, "%s: CA loads: %s", dir_name, err.msg);
 	ok(X509_get_version(ca.cert) == X509_VERSION_3, "%s: CA is v3", dir_name);
 	bc = X509_get_ext_d2i(ca.cert, NID_basic_constraints, NULL, NULL);
-	ok(bc && bc->ca && ext_critical(ca.cert, NID_basic_constraints),
-	   "%s: CA:TRUE critical", dir_name);
+	ok(bc && bc->ca && ext_critical(ca.cert, NID_basic_constraints), "%s: CA:TRUE critical",
+	   dir_name);
 	BASIC_CONSTRAINTS_free(bc);
 	ok((X509_get_key_usage(ca.cert) & (KU_KEY_CERT_SIGN | KU_CRL_SIGN)) ==
 		   (KU_KEY_CERT_SIGN | KU_CRL_SIGN) &&
-		   ext_critical(ca.cert, NID_key_usage),
+	       ext_critical(ca.cert, NID_key_usage),
 	   "%s: keyCertSign and cRLSign, critical", dir_name);
 	ok(X509_get0_subject_key_id(ca.cert) != NULL, "%s: CA has a subject key id", dir_name);
 	{
@@ -85,27 +84,25 @@ static void test_key_type(enum ps_key_type type, const char *dir_name)
 	BASIC_CONSTRAINTS_free(bc);
 	ku = X509_get_ext_d2i(issued.cert, NID_key_usage, NULL, NULL);
 	ok(ku && ASN1_BIT_STRING_get_bit(ku, 0) && !ASN1_BIT_STRING_get_bit(ku, 5) &&
-		   ext_critical(issued.cert, NID_key_usage),
+	       ext_critical(issued.cert, NID_key_usage),
 	   "%s: digitalSignature only, critical", dir_name);
 	ASN1_BIT_STRING_free(ku);
 	ok(has_eku(issued.cert, NID_client_auth) && !has_eku(issued.cert, NID_server_auth),
 	   "%s: clientAuth", dir_name);
 	ok(X509_get0_subject_key_id(issued.cert) != NULL &&
-		   X509_get0_authority_key_id(issued.cert) != NULL,
+	       X509_get0_authority_key_id(issued.cert) != NULL,
 	   "%s: subject and authority key ids", dir_name);
 	ok(ASN1_OCTET_STRING_cmp(X509_get0_authority_key_id(issued.cert),
 				 X509_get0_subject_key_id(ca.cert)) == 0,
 	   "%s: AKI equals the CA's SKI", dir_name);
-	ok(strlen(issued.serial_hex) == 32, "%s: 128-bit serial (%s)", dir_name,
-	   issued.serial_hex);
+	ok(strlen(issued.serial_hex) == 32, "%s: 128-bit serial (%s)", dir_name, issued.serial_hex);
 	ok(ps_cert_verify(&ca, issued.cert, X509_PURPOSE_SSL_CLIENT, &err) == 0,
 	   "%s: verifies for sslclient: %s", dir_name, err.msg);
 	ok(ps_cert_verify(&ca, issued.cert, X509_PURPOSE_SSL_SERVER, &err) < 0,
 	   "%s: does not verify for sslserver", dir_name);
 	ok(X509_check_private_key(issued.cert, issued.key) == 1, "%s: key matches", dir_name);
 	contains(issued.pubkey_pem, "-----BEGIN PUBLIC KEY-----", "%s: SPKI public key", dir_name);
-	contains(issued.key_pem, "-----BEGIN PRIVATE KEY-----", "%s: PKCS#8 private key",
-		 dir_name);
+	contains(issued.key_pem, "-----BEGIN PRIVATE KEY-----", "%s: PKCS#8 private key", dir_name);
 	ok(strlen(issued.pubkey_sha256) == 64, "%s: public key fingerprint", dir_name);
 	{
 		char buf[256];
@@ -244,7 +241,7 @@ int main(void)
 		char *pem = NULL;
 
 		ok(ps_read_file(path("enc/ca-private.key"), 1 << 16, &pem, NULL, &err) == 0 &&
-			   strstr(pem, "BEGIN ENCRYPTED PRIVATE KEY") != NULL,
+		       strstr(pem, "BEGIN ENCRYPTED PRIVATE KEY") != NULL,
 		   "key is encrypted PKCS#8");
 		free(pem);
 		ok(ps_ca_load(&ca, path("enc"), true, &good, &err) == 0, "right passphrase: %s",

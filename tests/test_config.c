@@ -30,17 +30,18 @@ int main(void)
 	{
 		char text[4096];
 
-		snprintf(text, sizeof(text),
-			 "# comment\n[station]\nid = line-3\noperator = alice\n"
-			 "database = /tmp/x.db\nbatch = WO-17\n"
-			 "[ca]\ndir = /ca\npassphrase_file = /ca/pass\n"
-			 "[device]\nkey_type = ed25519\ncommon_name = {serial}.devices.example.com\n"
-			 "subject = /O=My Organization/OU=My Unit/C=NO/L=Oslo\ndays = 365\n"
-			 "[mender]\nserver_url = https://mender.example.com\n"
-			 "tenant_token = %s\nserver_certificate = /ca/server-ca.pem\n"
-			 "conf_target = rootfs\ndata_partition = 4\nrootfs_partitions = 2, 3\n"
-			 "[audit]\nrevoke_superseded = yes\n",
-			 long_token);
+		snprintf(
+		    text, sizeof(text),
+		    "# comment\n[station]\nid = line-3\noperator = alice\n"
+		    "database = /tmp/x.db\nbatch = WO-17\n"
+		    "[ca]\ndir = /ca\npassphrase_file = /ca/pass\n"
+		    "[device]\nkey_type = ed25519\ncommon_name = {serial}.devices.example.com\n"
+		    "subject = /O=My Organization/OU=My Unit/C=NO/L=Oslo\ndays = 365\n"
+		    "[mender]\nserver_url = https://mender.example.com\n"
+		    "tenant_token = %s\nserver_certificate = /ca/server-ca.pem\n"
+		    "conf_target = rootfs\ndata_partition = 4\nrootfs_partitions = 2, 3\n"
+		    "[audit]\nrevoke_superseded = yes\n",
+		    long_token);
 		ok(ps_config_load_string(&cfg, text, "station.conf", &err) == 0,
 		   "full configuration loads: %s", err.msg);
 	}
@@ -80,15 +81,16 @@ int main(void)
 	ok(load(&cfg, "id = 3\n", &err) == PS_EINVAL, "key outside a section");
 	ok(load(&cfg, "[station]\njust words\n", &err) == PS_EINVAL, "line without =");
 	contains(err.msg, "station.conf:2:", "names the line");
-	ok(ps_config_load_string(&cfg,
-				 "[station]\nslots_dir = /srv/slots\nserial_pattern = ^SN-[0-9]{4}$\n"
-				 "confirm = yes\nhotplug = no\n"
-				 "[slot A]\nports = pci-*-usb-0:1:1.0-*, pci-*-usb-0:2:1.0-*\n"
-				 "serial_source = usb\n"
-				 "[slot B]\nserial_source = sequence\nserial_prefix = SN-\nallow_fixed = yes\n"
-				 "flash = /srv/golden.img.zst\n"
-				 "[board rpi4]\nusb_id = 0a5c:2711, 0a5c:2712\nhelper = rpiboot\ntimeout = 30\n",
-				 "station.conf", &err) == 0,
+	ok(ps_config_load_string(
+	       &cfg,
+	       "[station]\nslots_dir = /srv/slots\nserial_pattern = ^SN-[0-9]{4}$\n"
+	       "confirm = yes\nhotplug = no\n"
+	       "[slot A]\nports = pci-*-usb-0:1:1.0-*, pci-*-usb-0:2:1.0-*\n"
+	       "serial_source = usb\n"
+	       "[slot B]\nserial_source = sequence\nserial_prefix = SN-\nallow_fixed = yes\n"
+	       "flash = /srv/golden.img.zst\n"
+	       "[board rpi4]\nusb_id = 0a5c:2711, 0a5c:2712\nhelper = rpiboot\ntimeout = 30\n",
+	       "station.conf", &err) == 0,
 	   "slots and boards load: %s", err.msg);
 	is_int(cfg.n_slots, 2, "two slots");
 	is_str(cfg.slots[0].name, "A", "slot name");

@@ -25,15 +25,15 @@ static const char *str(json_t *obj, const char *a, const char *b)
 int main(void)
 {
 	const struct ps_mender_settings s = {
-		.cert_path = "/data/mender/mender-cert.pem",
-		.key_path = "/data/mender/mender-cert-private.pem",
+	    .cert_path = "/data/mender/mender-cert.pem",
+	    .key_path = "/data/mender/mender-cert-private.pem",
 	};
 	const struct ps_mender_settings with_url = {
-		.cert_path = "/data/mender/mender-cert.pem",
-		.key_path = "/data/mender/mender-cert-private.pem",
-		.server_url = "https://mender.example.com",
-		.tenant_token = "TOKEN",
-		.server_certificate = "/data/mender/server.crt",
+	    .cert_path = "/data/mender/mender-cert.pem",
+	    .key_path = "/data/mender/mender-cert-private.pem",
+	    .server_url = "https://mender.example.com",
+	    .tenant_token = "TOKEN",
+	    .server_certificate = "/data/mender/server.crt",
 	};
 	struct ps_err err = {""};
 	json_t *conf, *main_conf, *eff;
@@ -41,7 +41,8 @@ int main(void)
 
 	ok(ps_menderconf_parse("{", 1, "p4:/mender/mender.conf", &conf, &err) == PS_EINVAL,
 	   "invalid JSON refused");
-	contains(err.msg, "p4:/mender/mender.conf is not valid JSON: line 1", "names file and line");
+	contains(err.msg, "p4:/mender/mender.conf is not valid JSON: line 1",
+		 "names file and line");
 	ok(ps_menderconf_parse("[1]", 3, "x.conf", &conf, &err) == PS_EINVAL, "array refused");
 	contains(err.msg, "x.conf is not a JSON object", "says not an object");
 
@@ -53,10 +54,11 @@ int main(void)
 	is_str(str(conf, "RootfsPartB", NULL), "/dev/mmcblk0p3", "RootfsPartB kept");
 	ok(json_integer_value(json_object_get(conf, "InventoryPollIntervalSeconds")) == 28800,
 	   "numbers kept");
-	ok(json_object_get(conf, "httpsclient") != NULL && json_object_get(conf, "HttpsClient") == NULL,
+	ok(json_object_get(conf, "httpsclient") != NULL &&
+	       json_object_get(conf, "HttpsClient") == NULL,
 	   "existing lower-case section reused, not duplicated");
 	ok(json_object_get(json_object_get(conf, "httpsclient"), "certificate") != NULL &&
-		   json_object_get(json_object_get(conf, "httpsclient"), "Certificate") == NULL,
+	       json_object_get(json_object_get(conf, "httpsclient"), "Certificate") == NULL,
 	   "existing lower-case key reused");
 	is_str(str(conf, "HttpsClient", "Certificate"), "/data/mender/mender-cert.pem",
 	       "certificate set");
@@ -71,22 +73,24 @@ int main(void)
 	free(text);
 
 	/* The client's view: main over fallback, objects merged key by key. */
-	main_conf = parse("{\"ServerURL\": \"https://x\", \"HttpsClient\": {\"SkipVerify\": true}}");
+	main_conf =
+	    parse("{\"ServerURL\": \"https://x\", \"HttpsClient\": {\"SkipVerify\": true}}");
 	eff = ps_menderconf_effective(conf, main_conf);
 	is_str(str(eff, "HttpsClient", "Key"), "/data/mender/mender-cert-private.pem",
 	       "effective keeps the fallback's sub-keys");
-	ok(json_is_true(ps_json_get_ci(ps_json_get_ci(eff, "HttpsClient", NULL), "SkipVerify", NULL)),
+	ok(json_is_true(
+	       ps_json_get_ci(ps_json_get_ci(eff, "HttpsClient", NULL), "SkipVerify", NULL)),
 	   "main's sub-key wins");
 	ok(ps_menderconf_check_effective(eff, &s, "p2", &err) == 0, "effective points at files");
 	ok(ps_menderconf_check_conflicts(conf, main_conf, "p2:/etc/mender/mender.conf", &s, &err) ==
-		   0,
+	       0,
 	   "no conflict with unrelated keys");
 	json_decref(eff);
 	json_decref(main_conf);
 
 	main_conf = parse("{\"httpsclient\": {\"key\": \"/etc/other.pem\"}}");
 	ok(ps_menderconf_check_conflicts(conf, main_conf, "p2:/etc/mender/mender.conf", &s, &err) ==
-		   PS_ECONFLICT,
+	       PS_ECONFLICT,
 	   "main file overriding the key is a conflict");
 	contains(err.msg, "p2:/etc/mender/mender.conf sets HttpsClient.Key", "names file and key");
 	eff = ps_menderconf_effective(conf, main_conf);

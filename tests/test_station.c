@@ -84,9 +84,10 @@ int main(void)
 		printf("1..0 # SKIP needs SRCDIR (run through make check)\n");
 		return 0;
 	}
-	snprintf(cmd, sizeof(cmd), "mkdir -p %s/slots && %s/scripts/mkmenderimg.sh --size 64 %s >/dev/null"
-		 " && cp --sparse=always %s %s", root, srcdir, path("a.img"), path("a.img"),
-		 path("b.img"));
+	snprintf(cmd, sizeof(cmd),
+		 "mkdir -p %s/slots && %s/scripts/mkmenderimg.sh --size 64 %s >/dev/null"
+		 " && cp --sparse=always %s %s",
+		 root, srcdir, path("a.img"), path("a.img"), path("b.img"));
 	ok(run(cmd) == 0, "sample images built");
 	init.dir = path("ca");
 	ok(ps_ca_init(&init, &err) == 0 && ps_ca_load(&ca, init.dir, true, NULL, &err) == 0,

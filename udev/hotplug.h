@@ -10,16 +10,16 @@
 #include <stdint.h>
 
 struct ps_disk {
-	char node[64];	     /* /dev/sdb */
+	char node[64]; /* /dev/sdb */
 	char syspath[256];
-	char id_path[256];   /* the physical port, udev's ID_PATH */
+	char id_path[256]; /* the physical port, udev's ID_PATH */
 	char vendor[64];
 	char model[64];
-	uint64_t size;	     /* bytes */
+	uint64_t size; /* bytes */
 	bool removable;
 	bool read_only;
-	char bus[16];	     /* "usb", "mmc", "ata", ... */
-	char cid_serial[64]; /* SD/MMC card serial from the CID (sysfs "serial"), or "" */
+	char bus[16];		   /* "usb", "mmc", "ata", ... */
+	char cid_serial[64];	   /* SD/MMC card serial from the CID (sysfs "serial"), or "" */
 	uint16_t usb_vid, usb_pid; /* USB parent, 0 when not on USB */
 	char usb_serial[128];	   /* USB parent's serial number (read with libusb), or "" */
 	char usb_port[64];	   /* USB parent's bus-port path, "1-2.3", or "" */
@@ -28,8 +28,8 @@ struct ps_disk {
 struct ps_usb_board {
 	uint16_t vid, pid;
 	char serial[128];
-	char port[64];	    /* bus-port path, "1-2.3" */
-	char id_path[256];  /* udev ID_PATH of the USB device */
+	char port[64];	   /* bus-port path, "1-2.3" */
+	char id_path[256]; /* udev ID_PATH of the USB device */
 	char syspath[256];
 };
 
@@ -56,8 +56,8 @@ struct ps_hotplug;
 
 /* Start watching: the udev monitor is enabled first, then existing devices are enumerated
  * and reported. boards (n_boards entries) lists the USB IDs reported as boards. */
-int ps_hotplug_open(ps_hotplug_fn fn, void *user, const struct ps_board_id *boards,
-		    size_t n_boards, struct ps_hotplug **out, struct ps_err *err);
+int ps_hotplug_open(ps_hotplug_fn fn, void *user, const struct ps_board_id *boards, size_t n_boards,
+		    struct ps_hotplug **out, struct ps_err *err);
 /* The fd to poll for readability; then call ps_hotplug_dispatch. */
 int ps_hotplug_fd(struct ps_hotplug *hp);
 /* Receive pending udev events and report them. */
