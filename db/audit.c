@@ -167,38 +167,6 @@ void db_row_from_stmt(sqlite3_stmt *st, int first, struct ps_cert_row *row)
 /* target path, a failure reason) is stored with each invalid byte replaced by U+FFFD, the   */
 /* same in the row and in its event.                                                         */
 
-size_t db_utf8_len(const unsigned char *s)
-{
-	unsigned char lo = 0x80, hi = 0xbf;
-	size_t n, i;
-
-	if (s[0] < 0x80)
-		return 1;
-	if (s[0] >= 0xc2 && s[0] <= 0xdf)
-		n = 2;
-	else if (s[0] >= 0xe0 && s[0] <= 0xef)
-		n = 3;
-	else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-		n = 4;
-	else
-		return 0;
-	/* No overlong forms, no surrogates, nothing above U+10FFFF (RFC 3629), as jansson. */
-	if (s[0] == 0xe0)
-		lo = 0xa0;
-	else if (s[0] == 0xed)
-		hi = 0x9f;
-	else if (s[0] == 0xf0)
-		lo = 0x90;
-	else if (s[0] == 0xf4)
-		hi = 0x8f;
-	if (s[1] < lo || s[1] > hi)
-		return 0;
-	for (i = 2; i < n; i++)
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-	return n;
-}
-
 /* Up to 24 cleaned copies of strings, freed together. */
 struct texts {
 	char *v[24];
@@ -215,7 +183,7 @@ static const char *clean(struct texts *t, const char *s)
 	if (t->n == PS_ARRAY_SIZE(t->v) || (out = malloc(strlen(s) * 3 + 1)) == NULL)
 		return NULL;
 	for (p = (const unsigned char *)s, q = out; *p != '\0';) {
-		size_t n = db_utf8_len(p);
+		size_t n = ps_utf8_len(p);
 
 		if (n == 0) {
 			memcpy(q, "\xef\xbf\xbd", 3);

@@ -40,10 +40,6 @@ const char *db_col(sqlite3_stmt *st, int i);
 /* A row read with DB_ROW_COLUMNS from column `first` on; valid until the next step. */
 void db_row_from_stmt(sqlite3_stmt *st, int first, struct ps_cert_row *row);
 
-/* The length of the UTF-8 sequence at s (RFC 3629: no overlong forms or surrogates), 0 when
- * it is not one. */
-size_t db_utf8_len(const unsigned char *s);
-
 /* hash = SHA-256(prev "\n" canonical), canonical being the compact JSON array
  * [seq, cert_id, at, station_id, operator, kind, detail]; PS_EINVAL when a field is not
  * UTF-8. */

@@ -1,5 +1,6 @@
 /* export.c — CSV and JSON-lines export of the audit rows (see export.h). */
 #include "export.h"
+#include "util.h"
 #include "audit_int.h"
 
 #include <errno.h>
@@ -173,7 +174,7 @@ static bool is_utf8(const char *s)
 	const unsigned char *p = (const unsigned char *)s;
 
 	while (*p != '\0') {
-		size_t n = db_utf8_len(p);
+		size_t n = ps_utf8_len(p);
 
 		if (n == 0)
 			return false;

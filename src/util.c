@@ -233,9 +233,9 @@ int ps_sha256_hex(const void *data, size_t len, char out[65], struct ps_err *err
 	return 0;
 }
 
-/* Length of the UTF-8 sequence starting at s, or 0 when it is not valid UTF-8. */
-static size_t utf8_seq_len(const unsigned char *s)
+size_t ps_utf8_len(const unsigned char *s)
 {
+	unsigned char lo = 0x80, hi = 0xbf;
 	size_t n, i;
 
 	if (s[0] < 0x80)
@@ -248,7 +248,18 @@ static size_t utf8_seq_len(const unsigned char *s)
 		n = 4;
 	else
 		return 0;
-	for (i = 1; i < n; i++)
+	/* No overlong forms, no surrogates, nothing above U+10FFFF (RFC 3629), as jansson. */
+	if (s[0] == 0xe0)
+		lo = 0xa0;
+	else if (s[0] == 0xed)
+		hi = 0x9f;
+	else if (s[0] == 0xf0)
+		lo = 0x90;
+	else if (s[0] == 0xf4)
+		hi = 0x8f;
+	if (s[1] < lo || s[1] > hi)
+		return 0;
+	for (i = 2; i < n; i++)
 		if ((s[i] & 0xc0) != 0x80)
 			return 0;
 	return n;
@@ -272,7 +283,7 @@ int ps_check_text(const char *what, const char *s, size_t max_len, struct ps_err
 			return ps_fail(err, PS_EINVAL,
 				       "%s holds a control character (0x%02x) at byte %zu", what,
 				       *p, (size_t)(p - (const unsigned char *)s));
-		n = utf8_seq_len(p);
+		n = ps_utf8_len(p);
 		if (n == 0)
 			return ps_fail(err, PS_EINVAL, "%s is not valid UTF-8 at byte %zu", what,
 				       (size_t)(p - (const unsigned char *)s));

@@ -45,6 +45,10 @@ int ps_sha256_hex(const void *data, size_t len, char out[65], struct ps_err *err
  * valid UTF-8. `what` names it in the error ("serial", "commonName"). */
 int ps_check_text(const char *what, const char *s, size_t max_len, struct ps_err *err);
 
+/* Length of the UTF-8 sequence at s (RFC 3629: no overlong forms, surrogates or code points
+ * above U+10FFFF), or 0 when it is not valid UTF-8. */
+size_t ps_utf8_len(const unsigned char *s);
+
 /* Format a time as RFC 3339 UTC ("2026-11-23T11:07:36Z") into out (at least 21 bytes). */
 void ps_format_time(time_t t, char out[32]);
 
