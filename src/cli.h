@@ -6,6 +6,7 @@
 #include "config.h"
 #include "err.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 
 enum { PS_EXIT_OK = 0, PS_EXIT_FAIL = 1, PS_EXIT_USAGE = 2 };
@@ -34,6 +35,23 @@ int cmd_audit(int argc, char **argv);
 int cli_error(const struct ps_err *err);
 /* Print "provstation: <formatted>" and return PS_EXIT_USAGE (or FAIL for non-usage). */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The options every command that reads the configuration takes, with --help. */
+enum { CLI_OPT_CONFIG = 900, CLI_OPT_CA_DIR, CLI_OPT_DB };
+#define CLI_COMMON_OPTIONS                                                                         \
+	{"config", required_argument, NULL, CLI_OPT_CONFIG},                                       \
+	    {"ca-dir", required_argument, NULL, CLI_OPT_CA_DIR},                                   \
+	    {"db", required_argument, NULL, CLI_OPT_DB},                                           \
+	{                                                                                          \
+		"help", no_argument, NULL, 'h'                                                     \
+	}
+
+struct cli_common_args {
+	const char *config, *ca_dir, *db;
+};
+
+/* Record option c when it is one of CLI_COMMON_OPTIONS; false otherwise. */
+bool cli_common_option(int c, struct cli_common_args *args);
 
 /* Load the configuration named by --config (or the default) and apply --ca-dir / --db. */
 int cli_load_config(struct ps_config *cfg, const char *config_path, const char *ca_dir,

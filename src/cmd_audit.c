@@ -16,10 +16,7 @@
 #include <unistd.h>
 
 enum {
-	OPT_CONFIG = 1000,
-	OPT_CA_DIR,
-	OPT_DB,
-	OPT_PASSFILE,
+	OPT_PASSFILE = 1000,
 	OPT_CERT_SERIAL,
 	OPT_SERIAL,
 	OPT_REASON,
@@ -28,36 +25,7 @@ enum {
 	OPT_FORMAT,
 };
 
-#define COMMON_OPTIONS                                                                             \
-	{"config", required_argument, NULL, OPT_CONFIG},                                           \
-	    {"ca-dir", required_argument, NULL, OPT_CA_DIR},                                       \
-	    {"db", required_argument, NULL, OPT_DB},                                               \
-	{                                                                                          \
-		"help", no_argument, NULL, 'h'                                                     \
-	}
-
 #define CRL_DAYS_DEFAULT 30
-
-struct common_args {
-	const char *config, *ca_dir, *db;
-};
-
-static bool common_option(int c, struct common_args *args)
-{
-	switch (c) {
-	case OPT_CONFIG:
-		args->config = optarg;
-		return true;
-	case OPT_CA_DIR:
-		args->ca_dir = optarg;
-		return true;
-	case OPT_DB:
-		args->db = optarg;
-		return true;
-	default:
-		return false;
-	}
-}
 
 /* Commands that read the audit trail refuse to create an empty database by mistake. */
 static int open_existing(const char *path, struct ps_db **db, struct ps_err *err)
@@ -105,13 +73,13 @@ static int print_revoked(const struct ps_cert_row *row, bool already, void *user
 int cmd_revoke(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    COMMON_OPTIONS,
+	    CLI_COMMON_OPTIONS,
 	    {"cert-serial", required_argument, NULL, OPT_CERT_SERIAL},
 	    {"serial", required_argument, NULL, OPT_SERIAL},
 	    {"reason", required_argument, NULL, OPT_REASON},
 	    {NULL, 0, NULL, 0},
 	};
-	struct common_args args = {0};
+	struct cli_common_args args = {0};
 	struct ps_revoke_request req = {.fn = print_revoked};
 	struct ps_revoke_result res;
 	struct ps_audit_context ctx;
@@ -125,7 +93,7 @@ int cmd_revoke(int argc, char **argv)
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		if (common_option(c, &args))
+		if (cli_common_option(c, &args))
 			continue;
 		switch (c) {
 		case OPT_CERT_SERIAL:
@@ -299,14 +267,14 @@ static int write_out(const char *path, const char *text, size_t len, struct ps_e
 int cmd_crl(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    COMMON_OPTIONS,
+	    CLI_COMMON_OPTIONS,
 	    {"out", required_argument, NULL, OPT_OUT},
 	    {"days", required_argument, NULL, OPT_DAYS},
 	    {"format", required_argument, NULL, OPT_FORMAT},
 	    {"passphrase-file", required_argument, NULL, OPT_PASSFILE},
 	    {NULL, 0, NULL, 0},
 	};
-	struct common_args args = {0};
+	struct cli_common_args args = {0};
 	struct ps_passphrase_src pass = {.allow_prompt = true};
 	struct ps_db_filter filter = {.state = PS_STATE_REVOKED};
 	struct ps_err err = {""};
@@ -324,7 +292,7 @@ int cmd_crl(int argc, char **argv)
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		if (common_option(c, &args))
+		if (cli_common_option(c, &args))
 			continue;
 		switch (c) {
 		case OPT_OUT:
@@ -424,11 +392,11 @@ static void usage_import(FILE *out)
 int cmd_import(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    COMMON_OPTIONS,
+	    CLI_COMMON_OPTIONS,
 	    {"format", required_argument, NULL, OPT_FORMAT},
 	    {NULL, 0, NULL, 0},
 	};
-	struct common_args args = {0};
+	struct cli_common_args args = {0};
 	enum ps_import_format format = PS_IMPORT_DETECT, used = PS_IMPORT_DETECT;
 	struct ps_import_stats stats;
 	struct ps_audit_context ctx;
@@ -442,7 +410,7 @@ int cmd_import(int argc, char **argv)
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		if (common_option(c, &args))
+		if (cli_common_option(c, &args))
 			continue;
 		if (c == OPT_FORMAT) {
 			if (strcmp(optarg, "csv") == 0)
@@ -513,10 +481,10 @@ static void usage_audit(FILE *out)
 int cmd_audit(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    COMMON_OPTIONS,
+	    CLI_COMMON_OPTIONS,
 	    {NULL, 0, NULL, 0},
 	};
-	struct common_args args = {0};
+	struct cli_common_args args = {0};
 	struct ps_db_verify_report rep;
 	struct ps_config cfg;
 	struct ps_db *db = NULL;
@@ -536,7 +504,7 @@ int cmd_audit(int argc, char **argv)
 		return cli_usage_error("audit", "unknown action '%s' (verify or backup)", action);
 	optind = 0;
 	while ((c = getopt_long(argc - 1, argv + 1, "", opts, NULL)) != -1) {
-		if (common_option(c, &args))
+		if (cli_common_option(c, &args))
 			continue;
 		if (c == 'h') {
 			usage_audit(stdout);

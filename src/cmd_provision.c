@@ -16,10 +16,7 @@
 #include <string.h>
 
 enum {
-	OPT_CONFIG = 1000,
-	OPT_CA_DIR,
-	OPT_DB,
-	OPT_PASSFILE,
+	OPT_PASSFILE = 1000,
 	OPT_TARGET,
 	OPT_SERIAL,
 	OPT_ALLOW_UNLISTED,
@@ -27,35 +24,7 @@ enum {
 	OPT_PREAUTH
 };
 
-#define COMMON_OPTIONS                                                                             \
-	{"config", required_argument, NULL, OPT_CONFIG},                                           \
-	    {"ca-dir", required_argument, NULL, OPT_CA_DIR},                                       \
-	    {"db", required_argument, NULL, OPT_DB},                                               \
-	{                                                                                          \
-		"help", no_argument, NULL, 'h'                                                     \
-	}
-
-struct common_args {
-	const char *config, *ca_dir, *db;
-};
-
 /* Handle an option shared by the commands; returns false when c is not one of them. */
-static bool common_option(int c, struct common_args *args)
-{
-	switch (c) {
-	case OPT_CONFIG:
-		args->config = optarg;
-		return true;
-	case OPT_CA_DIR:
-		args->ca_dir = optarg;
-		return true;
-	case OPT_DB:
-		args->db = optarg;
-		return true;
-	default:
-		return false;
-	}
-}
 
 static void usage_provision(FILE *out)
 {
@@ -169,7 +138,7 @@ static void preauth_now(struct ps_db *db, const struct ps_config *cfg, int64_t c
 int cmd_provision(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    COMMON_OPTIONS,
+	    CLI_COMMON_OPTIONS,
 	    {"target", required_argument, NULL, OPT_TARGET},
 	    {"serial", required_argument, NULL, OPT_SERIAL},
 	    {"passphrase-file", required_argument, NULL, OPT_PASSFILE},
@@ -178,7 +147,7 @@ int cmd_provision(int argc, char **argv)
 	    {"preauth", no_argument, NULL, OPT_PREAUTH},
 	    {NULL, 0, NULL, 0},
 	};
-	struct common_args args = {0};
+	struct cli_common_args args = {0};
 	struct ps_passphrase_src pass = {.allow_prompt = true};
 	struct ps_provision_request req = {0};
 	struct ps_provision_result res;
@@ -192,7 +161,7 @@ int cmd_provision(int argc, char **argv)
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		if (common_option(c, &args))
+		if (cli_common_option(c, &args))
 			continue;
 		switch (c) {
 		case OPT_TARGET:
@@ -283,11 +252,11 @@ out:
 int cmd_verify(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    COMMON_OPTIONS,
+	    CLI_COMMON_OPTIONS,
 	    {"target", required_argument, NULL, OPT_TARGET},
 	    {NULL, 0, NULL, 0},
 	};
-	struct common_args args = {0};
+	struct cli_common_args args = {0};
 	struct ps_verify_result res;
 	struct ps_config cfg;
 	struct ps_ca ca;
@@ -298,7 +267,7 @@ int cmd_verify(int argc, char **argv)
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		if (common_option(c, &args))
+		if (cli_common_option(c, &args))
 			continue;
 		if (c == OPT_TARGET) {
 			target = optarg;
@@ -354,7 +323,7 @@ int cmd_export(int argc, char **argv)
 		OPT_SIGN
 	};
 	static const struct option opts[] = {
-	    COMMON_OPTIONS,
+	    CLI_COMMON_OPTIONS,
 	    {"format", required_argument, NULL, OPT_FORMAT},
 	    {"since", required_argument, NULL, OPT_SINCE},
 	    {"until", required_argument, NULL, OPT_UNTIL},
@@ -369,7 +338,7 @@ int cmd_export(int argc, char **argv)
 	static const char *const states[] = {PS_STATE_ISSUED,	  PS_STATE_WRITTEN,
 					     PS_STATE_VERIFIED,	  PS_STATE_FAILED,
 					     PS_STATE_SUPERSEDED, PS_STATE_REVOKED};
-	struct common_args args = {0};
+	struct cli_common_args args = {0};
 	struct ps_db_filter filter = {0};
 	enum ps_export_format format = PS_EXPORT_CSV;
 	const char *format_name = NULL, *out_path = NULL, *sign_key = NULL;
@@ -384,7 +353,7 @@ int cmd_export(int argc, char **argv)
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		if (common_option(c, &args))
+		if (cli_common_option(c, &args))
 			continue;
 		switch (c) {
 		case OPT_FORMAT:

@@ -2,6 +2,7 @@
 #include "cli.h"
 #include "util.h"
 
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -62,6 +63,23 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
 	va_end(ap);
 	fprintf(stderr, " (see provstation %s --help)\n", cmd);
 	return PS_EXIT_USAGE;
+}
+
+bool cli_common_option(int c, struct cli_common_args *args)
+{
+	switch (c) {
+	case CLI_OPT_CONFIG:
+		args->config = optarg;
+		return true;
+	case CLI_OPT_CA_DIR:
+		args->ca_dir = optarg;
+		return true;
+	case CLI_OPT_DB:
+		args->db = optarg;
+		return true;
+	default:
+		return false;
+	}
 }
 
 int cli_load_config(struct ps_config *cfg, const char *config_path, const char *ca_dir,
