@@ -70,50 +70,7 @@ ok "a first CRL, nothing revoked yet" "$PS" crl --config "$CONF" --out "$TMP/crl
 PORT=$(free_port)
 [ -n "$PORT" ]
 check "a free port on loopback ($PORT)"
-# As root, the workers would switch to nobody, who cannot enter $TMP (0700): keep them root.
-user_line=
-[ "$(id -u)" -eq 0 ] && user_line='user root;'
-mkdir "$TMP/nginx"
-cat >"$TMP/nginx.conf" <<EOF
-$user_line
-daemon off;
-master_process on;
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-lock_file $TMP/nginx/nginx.lock;
-error_log $TMP/nginx/error.log info;
-events {
-	worker_connections 64;
-}
-http {
-	access_log $TMP/nginx/access.log;
-	client_body_temp_path $TMP/nginx/body;
-	proxy_temp_path $TMP/nginx/proxy;
-	fastcgi_temp_path $TMP/nginx/fastcgi;
-	uwsgi_temp_path $TMP/nginx/uwsgi;
-	scgi_temp_path $TMP/nginx/scgi;
-	server {
-		listen 127.0.0.1:$PORT ssl;
-		server_name localhost;
-		ssl_certificate $TMP/server/server-cert.pem;
-		ssl_certificate_key $TMP/server/server-private.key;
-		ssl_client_certificate $TMP/ca/ca-cert.pem;
-		ssl_verify_client on;
-		ssl_verify_depth 1;
-		ssl_crl $TMP/crl.pem;
-		location / {
-			default_type text/plain;
-			return 200 "\$ssl_client_verify \$ssl_client_serial\n";
-		}
-	}
-}
-EOF
-ok "nginx accepts the configuration with ssl_crl" \
-	nginx -t -q -c "$TMP/nginx.conf" -p "$TMP/nginx/" -e "$TMP/nginx/error.log"
-nginx -c "$TMP/nginx.conf" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" \
-	>"$TMP/nginx/stdout" 2>&1 </dev/null &
-NGINX_PID=$!
-at_exit "kill $NGINX_PID 2>/dev/null; wait $NGINX_PID 2>/dev/null"
+nginx_mtls_start "ssl_crl $TMP/crl.pem;" '$ssl_client_verify $ssl_client_serial'
 
 # request NAME DEVICE: one request with DEVICE's key and certificate; the HTTP status in
 # $TMP/NAME.code ("000" when there was none), the body in $TMP/NAME.body.
@@ -137,23 +94,6 @@ refused() {
 	esac
 }
 
-up=no
-i=0
-while [ $i -lt 100 ]; do
-	kill -0 "$NGINX_PID" 2>/dev/null || break
-	curl -sk --noproxy '*' --max-time 2 -o /dev/null -w '%{http_code}' "$URL" \
-		>"$TMP/probe.code" 2>/dev/null
-	[ "$(cat "$TMP/probe.code")" != 000 ] && up=yes && break
-	sleep 0.1
-	i=$((i + 1))
-done
-[ $up = yes ]
-check "nginx answers on 127.0.0.1:$PORT"
-if [ $up != yes ]; then
-	sed 's/^/#   nginx: /' "$TMP/nginx/stdout" "$TMP/nginx/error.log" 2>/dev/null | tail -20
-	echo "Bail out! nginx did not start"
-	exit 1
-fi
 
 request good1 SN-GOOD
 [ "$(code good1)" = 200 ] && [ "$(body good1)" = "SUCCESS $GOOD_SERIAL" ]

@@ -73,3 +73,79 @@ done_testing() {
 free_port() { # a free TCP port on loopback
 	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+
+# nginx_mtls_start EXTRA RESPONSE: start nginx on 127.0.0.1:$PORT (in the foreground of a
+# background job, stopped at exit) serving TLS with $TMP/server/server-cert.pem and its key,
+# requiring a client certificate from $TMP/ca/ca-cert.pem, with EXTRA server directives
+# (e.g. "ssl_crl ...;") and answering every request with RESPONSE (nginx variables allowed).
+# Reports whether nginx accepts the configuration and answers; bails out when it does not.
+# Sets NGINX_PID; the logs are in $TMP/nginx/.
+nginx_mtls_start() {
+	# As root, the workers would switch to nobody, who cannot enter $TMP (0700): keep them
+	# root. As anyone else nginx keeps the current user, and a user directive only earns a
+	# warning.
+	nm_user=
+	[ "$(id -u)" -eq 0 ] && nm_user='user root;'
+	mkdir -p "$TMP/nginx"
+	cat >"$TMP/nginx.conf" <<NGINX
+$nm_user
+daemon off;
+master_process on;
+worker_processes 1;
+pid $TMP/nginx/nginx.pid;
+lock_file $TMP/nginx/nginx.lock;
+error_log $TMP/nginx/error.log info;
+events {
+	worker_connections 64;
+}
+http {
+	access_log $TMP/nginx/access.log;
+	client_body_temp_path $TMP/nginx/body;
+	proxy_temp_path $TMP/nginx/proxy;
+	fastcgi_temp_path $TMP/nginx/fastcgi;
+	uwsgi_temp_path $TMP/nginx/uwsgi;
+	scgi_temp_path $TMP/nginx/scgi;
+	server {
+		listen 127.0.0.1:$PORT ssl;
+		server_name localhost;
+		ssl_certificate $TMP/server/server-cert.pem;
+		ssl_certificate_key $TMP/server/server-private.key;
+		ssl_client_certificate $TMP/ca/ca-cert.pem;
+		ssl_verify_client on;
+		ssl_verify_depth 1;
+		$1
+		location / {
+			default_type text/plain;
+			return 200 "$2\n";
+		}
+	}
+}
+NGINX
+	ok "nginx accepts the configuration${1:+ ($1)}" \
+		nginx -t -q -c "$TMP/nginx.conf" -p "$TMP/nginx/" -e "$TMP/nginx/error.log"
+	nginx -c "$TMP/nginx.conf" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" \
+		>"$TMP/nginx/stdout" 2>&1 </dev/null &
+	NGINX_PID=$!
+	at_exit "kill $NGINX_PID 2>/dev/null; wait $NGINX_PID 2>/dev/null"
+
+	nm_up=no
+	nm_i=0
+	while [ $nm_i -lt 100 ]; do
+		kill -0 "$NGINX_PID" 2>/dev/null || break
+		nm_code=$(curl -sk --noproxy '*' --max-time 2 -o /dev/null -w '%{http_code}' \
+			"https://127.0.0.1:$PORT/" 2>/dev/null </dev/null)
+		[ "$nm_code" != 000 ] && nm_up=yes && break
+		sleep 0.1
+		nm_i=$((nm_i + 1))
+	done
+	[ $nm_up = yes ]
+	check "nginx answers on 127.0.0.1:$PORT"
+	if [ $nm_up != yes ]; then
+		sed 's/^/#   nginx: /' "$TMP/nginx/stdout" "$TMP/nginx/error.log" 2>/dev/null |
+			tail -20
+		echo "Bail out! nginx did not start"
+		exit 1
+	fi
+	[ "$(cat "$TMP/nginx/nginx.pid" 2>/dev/null)" = "$NGINX_PID" ]
+	check "the nginx master is the process started here (PID $NGINX_PID)"
+}

@@ -34,50 +34,7 @@ ok "ca issue: a device certificate with the same CN from the other CA" \
 PORT=$(free_port)
 [ -n "$PORT" ]
 check "a free port on loopback ($PORT)"
-# As root, the workers would switch to nobody, who cannot enter $TMP (0700): keep them root.
-# As anyone else nginx keeps the current user, and a user directive only earns a warning.
-user_line=
-[ "$(id -u)" -eq 0 ] && user_line='user root;'
-mkdir "$TMP/nginx"
-cat >"$TMP/nginx.conf" <<EOF
-$user_line
-daemon off;
-master_process on;
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-lock_file $TMP/nginx/nginx.lock;
-error_log $TMP/nginx/error.log info;
-events {
-	worker_connections 64;
-}
-http {
-	access_log $TMP/nginx/access.log;
-	client_body_temp_path $TMP/nginx/body;
-	proxy_temp_path $TMP/nginx/proxy;
-	fastcgi_temp_path $TMP/nginx/fastcgi;
-	uwsgi_temp_path $TMP/nginx/uwsgi;
-	scgi_temp_path $TMP/nginx/scgi;
-	server {
-		listen 127.0.0.1:$PORT ssl;
-		server_name localhost;
-		ssl_certificate $TMP/server/server-cert.pem;
-		ssl_certificate_key $TMP/server/server-private.key;
-		ssl_client_certificate $TMP/ca/ca-cert.pem;
-		ssl_verify_client on;
-		ssl_verify_depth 1;
-		location / {
-			default_type text/plain;
-			return 200 "\$ssl_client_verify \$ssl_client_s_dn\n";
-		}
-	}
-}
-EOF
-ok "nginx accepts the configuration" nginx -t -q -c "$TMP/nginx.conf" -p "$TMP/nginx/" \
-	-e "$TMP/nginx/error.log"
-nginx -c "$TMP/nginx.conf" -p "$TMP/nginx/" -e "$TMP/nginx/error.log" \
-	>"$TMP/nginx/stdout" 2>&1 </dev/null &
-NGINX_PID=$!
-at_exit "kill $NGINX_PID 2>/dev/null; wait $NGINX_PID 2>/dev/null"
+nginx_mtls_start "" '$ssl_client_verify $ssl_client_s_dn'
 
 # curl_tls NAME URL [OPTIONS...]: one request with a bounded time, no proxy; the body goes to
 # $TMP/NAME.body, the HTTP status to $TMP/NAME.code ("000" when there was none), curl's exit
@@ -105,24 +62,6 @@ check_req() {
 }
 
 URL="https://127.0.0.1:$PORT/"
-up=no
-i=0
-while [ $i -lt 100 ]; do
-	kill -0 "$NGINX_PID" 2>/dev/null || break
-	curl_tls probe "$URL" -k --max-time 2
-	[ "$(code probe)" != 000 ] && up=yes && break
-	sleep 0.1
-	i=$((i + 1))
-done
-[ $up = yes ]
-check "nginx answers on 127.0.0.1:$PORT"
-if [ $up != yes ]; then
-	sed 's/^/#   nginx: /' "$TMP/nginx/stdout" "$TMP/nginx/error.log" 2>/dev/null | tail -20
-	echo "Bail out! nginx did not start"
-	exit 1
-fi
-[ "$(cat "$TMP/nginx/nginx.pid" 2>/dev/null)" = "$NGINX_PID" ]
-check "the nginx master is the process started here (PID $NGINX_PID)"
 
 # --- the handshakes --------------------------------------------------------------------------
 CA="$TMP/ca/ca-cert.pem"
