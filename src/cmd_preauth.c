@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { OPT_CONFIG = 1000, OPT_DB, OPT_WAIT, OPT_SERIAL, OPT_QUEUE_ONLY, OPT_ON_CONFLICT, OPT_ALL };
+enum { OPT_WAIT = 1000, OPT_SERIAL, OPT_QUEUE_ONLY, OPT_ON_CONFLICT, OPT_ALL };
 
 static atomic_bool interrupted;
 
@@ -227,8 +227,9 @@ static int run_flush(struct ps_db *db, const struct ps_config *cfg, int64_t only
 int cmd_preauth(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"config", required_argument, NULL, OPT_CONFIG},
-	    {"db", required_argument, NULL, OPT_DB},
+	    /* the common options but --ca-dir: preauthorizing needs no CA */
+	    {"config", required_argument, NULL, CLI_OPT_CONFIG},
+	    {"db", required_argument, NULL, CLI_OPT_DB},
 	    {"wait", required_argument, NULL, OPT_WAIT},
 	    {"serial", required_argument, NULL, OPT_SERIAL},
 	    {"queue-only", no_argument, NULL, OPT_QUEUE_ONLY},
@@ -237,7 +238,8 @@ int cmd_preauth(int argc, char **argv)
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	const char *config = NULL, *db_path = NULL, *serial = NULL, *action = NULL;
+	struct cli_common_args args = {0};
+	const char *serial = NULL, *action = NULL;
 	const char *on_conflict = NULL;
 	bool queue_only = false, all = false, have_cfg = false;
 	enum ps_preauth_conflict_policy policy;
@@ -255,13 +257,9 @@ int cmd_preauth(int argc, char **argv)
 	}
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (cli_common_option(c, &args))
+			continue;
 		switch (c) {
-		case OPT_CONFIG:
-			config = optarg;
-			break;
-		case OPT_DB:
-			db_path = optarg;
-			break;
 		case OPT_WAIT:
 			if (ps_parse_int("--wait", optarg, 0, 86400, &wait_s, &err) < 0)
 				return cli_usage_error("preauth", "%s", err.msg);
@@ -302,7 +300,7 @@ int cmd_preauth(int argc, char **argv)
 	    strcmp(on_conflict, "replace") != 0)
 		return cli_usage_error("preauth", "--on-conflict is fail or replace");
 
-	if (cli_load_config(&cfg, config, NULL, db_path, &err) < 0)
+	if (cli_load_config(&cfg, args.config, NULL, args.db, &err) < 0)
 		goto fail;
 	have_cfg = true;
 	policy = cfg.preauth_on_conflict;

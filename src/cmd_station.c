@@ -8,7 +8,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
-enum { OPT_CONFIG = 1000, OPT_CA_DIR, OPT_DB, OPT_PASSFILE, OPT_NO_COLOR, OPT_ASCII };
+enum { OPT_PASSFILE = 1000, OPT_NO_COLOR, OPT_ASCII };
 
 static void usage_station(FILE *out)
 {
@@ -27,16 +27,13 @@ static void usage_station(FILE *out)
 int cmd_station(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"config", required_argument, NULL, OPT_CONFIG},
-	    {"ca-dir", required_argument, NULL, OPT_CA_DIR},
-	    {"db", required_argument, NULL, OPT_DB},
+	    CLI_COMMON_OPTIONS,
 	    {"passphrase-file", required_argument, NULL, OPT_PASSFILE},
 	    {"no-color", no_argument, NULL, OPT_NO_COLOR},
 	    {"ascii", no_argument, NULL, OPT_ASCII},
-	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
-	const char *config = NULL, *ca_dir = NULL, *db = NULL;
+	struct cli_common_args args = {0};
 	struct ps_passphrase_src pass = {.allow_prompt = true};
 	struct ps_tui_options tui = {0};
 	struct ps_station_counts counts;
@@ -49,16 +46,9 @@ int cmd_station(int argc, char **argv)
 
 	optind = 0;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (cli_common_option(c, &args))
+			continue;
 		switch (c) {
-		case OPT_CONFIG:
-			config = optarg;
-			break;
-		case OPT_CA_DIR:
-			ca_dir = optarg;
-			break;
-		case OPT_DB:
-			db = optarg;
-			break;
 		case OPT_PASSFILE:
 			pass.file = optarg;
 			break;
@@ -83,7 +73,7 @@ int cmd_station(int argc, char **argv)
 	}
 	/* before any thread starts: setlocale is not thread-safe */
 	ps_tui_init_locale();
-	if (cli_load_config(&cfg, config, ca_dir, db, &err) < 0)
+	if (cli_load_config(&cfg, args.config, args.ca_dir, args.db, &err) < 0)
 		goto fail;
 	have_cfg = true;
 	if (pass.file == NULL && cfg.ca_passphrase_file != NULL && cfg.ca_passphrase_file[0])
