@@ -5,7 +5,11 @@
 
 #include "config.h"
 #include "err.h"
+#include "flash.h"
 
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 
@@ -56,5 +60,28 @@ bool cli_common_option(int c, struct cli_common_args *args);
 /* Load the configuration named by --config (or the default) and apply --ca-dir / --db. */
 int cli_load_config(struct ps_config *cfg, const char *config_path, const char *ca_dir,
 		    const char *db, struct ps_err *err);
+
+/* While flashing from the command line (flash, provision --flash): a progress line on stderr
+ * when it is a terminal (each target's phase, percentage, rate and time left, at most four
+ * times a second, cut at the terminal's width), and SIGINT/SIGTERM stopping the flash soon. */
+struct cli_flash_watch {
+	pthread_mutex_t lock;
+	const char *const *targets;
+	size_t n;
+	struct ps_flash_progress p[PS_FLASH_MAX_TARGETS];
+	bool seen[PS_FLASH_MAX_TARGETS];
+	double last;
+	bool shown, active;
+	struct sigaction old_int, old_term;
+};
+
+/* Start watching n targets: sets *progress and *progress_user (NULL unless stderr is a
+ * terminal) and *cancel for the flash request. */
+void cli_flash_watch_start(struct cli_flash_watch *w, const char *const *targets, size_t n,
+			   ps_flash_progress_fn *progress, void **progress_user,
+			   atomic_bool **cancel);
+/* Once the flash is over: clear the progress line and restore the signals; calling it again
+ * does nothing. */
+void cli_flash_watch_end(struct cli_flash_watch *w);
 
 #endif

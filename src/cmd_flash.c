@@ -1,5 +1,6 @@
 /* cmd_flash.c — `provstation flash`: write a golden image to one or more targets, with a
- * progress line when stderr is a terminal and one result line per target. */
+ * progress line when stderr is a terminal and one result line per target; and that progress
+ * line with the interrupt handling for every command that flashes (cli_flash_watch). */
 #include "cli.h"
 #include "flash.h"
 #include "util.h"
@@ -25,17 +26,6 @@ static void on_signal(int sig)
 	atomic_store(&interrupted, true);
 }
 
-/* The progress line: the latest event of every target, printed at most 4 times a second. */
-struct progress_line {
-	pthread_mutex_t lock;
-	const char *const *targets;
-	size_t n;
-	struct ps_flash_progress p[PS_FLASH_MAX_TARGETS];
-	bool seen[PS_FLASH_MAX_TARGETS];
-	double last;
-	bool shown;
-};
-
 static double monotonic(void)
 {
 	struct timespec ts;
@@ -51,7 +41,8 @@ static const char *short_name(const char *path)
 	return s && s[1] ? s + 1 : path;
 }
 
-static void print_line(struct progress_line *pl)
+/* The progress line: the latest event of every target. */
+static void print_line(struct cli_flash_watch *w)
 {
 	struct winsize ws;
 	char line[1024];
@@ -62,12 +53,12 @@ static void print_line(struct progress_line *pl)
 	if (width >= sizeof(line))
 		width = sizeof(line) - 1;
 	line[0] = '\0';
-	for (i = 0; i < pl->n && used < sizeof(line); i++) {
-		const struct ps_flash_progress *p = &pl->p[i];
+	for (i = 0; i < w->n && used < sizeof(line); i++) {
+		const struct ps_flash_progress *p = &w->p[i];
 		const char *what;
 		char pct[16] = "", eta[32] = "";
 
-		if (!pl->seen[i])
+		if (!w->seen[i])
 			continue;
 		what = p->phase == PS_FLASH_WRITING	? "writing"
 		       : p->phase == PS_FLASH_VERIFYING ? "verifying"
@@ -80,32 +71,73 @@ static void print_line(struct progress_line *pl)
 			snprintf(eta, sizeof(eta), " %d:%02d left", (int)p->eta / 60,
 				 (int)p->eta % 60);
 		used += (size_t)snprintf(line + used, sizeof(line) - used, "%s%s %s%s %.1f MB/s%s",
-					 used ? " | " : "", short_name(pl->targets[i]), what, pct,
+					 used ? " | " : "", short_name(w->targets[i]), what, pct,
 					 p->rate / 1e6, eta);
 	}
 	if (used > width)
 		line[width] = '\0';
 	fprintf(stderr, "\r%s\033[K", line);
 	fflush(stderr);
-	pl->shown = true;
+	w->shown = true;
 }
 
 static void on_progress(const char *target, const struct ps_flash_progress *p, void *user)
 {
-	struct progress_line *pl = user;
+	struct cli_flash_watch *w = user;
 	double t = monotonic();
 
 	(void)target;
-	if (p->index >= pl->n)
+	if (p->index >= w->n)
 		return;
-	pthread_mutex_lock(&pl->lock);
-	pl->p[p->index] = *p;
-	pl->seen[p->index] = true;
-	if (t - pl->last >= 0.25) {
-		pl->last = t;
-		print_line(pl);
+	pthread_mutex_lock(&w->lock);
+	w->p[p->index] = *p;
+	w->seen[p->index] = true;
+	if (w->active && t - w->last >= 0.25) {
+		w->last = t;
+		print_line(w);
 	}
-	pthread_mutex_unlock(&pl->lock);
+	pthread_mutex_unlock(&w->lock);
+}
+
+void cli_flash_watch_start(struct cli_flash_watch *w, const char *const *targets, size_t n,
+			   ps_flash_progress_fn *progress, void **progress_user,
+			   atomic_bool **cancel)
+{
+	struct sigaction sa;
+
+	memset(w, 0, sizeof(*w));
+	pthread_mutex_init(&w->lock, NULL);
+	w->targets = targets;
+	w->n = n < PS_FLASH_MAX_TARGETS ? n : PS_FLASH_MAX_TARGETS;
+	w->active = true;
+	*progress = NULL;
+	*progress_user = NULL;
+	if (isatty(STDERR_FILENO)) {
+		*progress = on_progress;
+		*progress_user = w;
+	}
+	atomic_store(&interrupted, false);
+	*cancel = &interrupted;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESTART;
+	sigaction(SIGINT, &sa, &w->old_int);
+	sigaction(SIGTERM, &sa, &w->old_term);
+}
+
+void cli_flash_watch_end(struct cli_flash_watch *w)
+{
+	if (!w->active)
+		return;
+	/* The flashing threads are gone by now: no lock needed. */
+	w->active = false;
+	if (w->shown)
+		fprintf(stderr, "\r\033[K");
+	w->shown = false;
+	sigaction(SIGINT, &w->old_int, NULL);
+	sigaction(SIGTERM, &w->old_term, NULL);
+	pthread_mutex_destroy(&w->lock);
 }
 
 static void usage_flash(FILE *out)
@@ -148,8 +180,7 @@ int cmd_flash(int argc, char **argv)
 	static struct ps_flash_result results[PS_FLASH_MAX_TARGETS];
 	const char *targets[PS_FLASH_MAX_TARGETS];
 	struct ps_flash_request req = {.verify = true};
-	struct progress_line pl;
-	struct sigaction sa, old_int, old_term;
+	struct cli_flash_watch watch;
 	struct ps_err err = {""};
 	size_t n = 0, i;
 	int c, rc;
@@ -198,30 +229,9 @@ int cmd_flash(int argc, char **argv)
 			return cli_usage_error("flash", "--target needs a path");
 	req.targets = targets;
 	req.n_targets = n;
-	req.cancel = &interrupted;
-
-	memset(&pl, 0, sizeof(pl));
-	pthread_mutex_init(&pl.lock, NULL);
-	pl.targets = targets;
-	pl.n = n;
-	if (isatty(STDERR_FILENO)) {
-		req.progress = on_progress;
-		req.progress_user = &pl;
-	}
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sa.sa_flags = SA_RESTART;
-	sigaction(SIGINT, &sa, &old_int);
-	sigaction(SIGTERM, &sa, &old_term);
-
+	cli_flash_watch_start(&watch, targets, n, &req.progress, &req.progress_user, &req.cancel);
 	rc = ps_flash(&req, results, &err);
-
-	sigaction(SIGINT, &old_int, NULL);
-	sigaction(SIGTERM, &old_term, NULL);
-	if (pl.shown)
-		fprintf(stderr, "\r\033[K");
-	pthread_mutex_destroy(&pl.lock);
+	cli_flash_watch_end(&watch);
 
 	printf("image %s: %s", results[0].image_name, ps_flash_format_name(results[0].format));
 	if (results[0].image_size > 0)

@@ -21,7 +21,10 @@ enum {
 	OPT_SERIAL,
 	OPT_ALLOW_UNLISTED,
 	OPT_ALLOW_FIXED,
-	OPT_PREAUTH
+	OPT_PREAUTH,
+	OPT_FLASH,
+	OPT_BMAP,
+	OPT_NO_VERIFY_FLASH
 };
 
 /* Handle an option shared by the commands; returns false when c is not one of them. */
@@ -33,11 +36,18 @@ static void usage_provision(FILE *out)
 	    "usage: provstation provision --target PATH --serial SERIAL [--config FILE]\n"
 	    "                             [--ca-dir DIR] [--db FILE] [--passphrase-file F]\n"
 	    "                             [--allow-unlisted] [--allow-fixed-disk] [--preauth]\n"
+	    "                             [--flash IMG [--bmap FILE] [--no-verify-flash]]\n"
 	    "\n"
 	    "Personalize one device: PATH is a Mender disk image (.sdimg, .uefiimg, .img) or\n"
 	    "a whole-disk block device. Issues a key and a client certificate signed by the CA,\n"
 	    "records them in the audit database, writes them with the merged mender.conf into\n"
 	    "the data partition in place, and verifies by reading everything back.\n"
+	    "\n"
+	    "--flash IMG first writes the golden image IMG onto PATH (raw, gzip, xz or zstd;\n"
+	    "with --bmap only its mapped ranges), reads it back and compares it (unless\n"
+	    "--no-verify-flash), as provstation flash does; a regular file is created or\n"
+	    "replaced. Nothing is issued when the flash fails. The audit row records the\n"
+	    "image's file name and the SHA-256 of its decompressed contents.\n"
 	    "\n"
 	    "A block device passes the safety gate first: no partition of it mounted, not\n"
 	    "the system's disk, no swap, no LVM/md/dm holder, not write-protected, removable\n"
@@ -135,6 +145,27 @@ static void preauth_now(struct ps_db *db, const struct ps_config *cfg, int64_t c
 	ps_preauth_client_close(client);
 }
 
+/* The observer of provision --flash: once the flash is over, the progress line goes and ^C
+ * is a signal again. */
+static void flash_over(enum ps_stage stage, void *user)
+{
+	if (stage != PS_STAGE_CHECKING && stage != PS_STAGE_FLASHING)
+		cli_flash_watch_end(user);
+}
+
+static void print_flashed(const struct ps_flash_result *f)
+{
+	double rate = f->write_seconds > 0 ? (double)f->bytes_written / f->write_seconds : 0;
+
+	printf("  image        %s (%s, %llu bytes, sha256 %s)\n", f->image_name,
+	       ps_flash_format_name(f->format), (unsigned long long)f->image_size, f->image_sha256);
+	printf("  flashed      %llu bytes, %.1f MB/s; verified %s",
+	       (unsigned long long)f->bytes_written, rate / 1e6, f->verified ? "yes" : "no");
+	if (f->verified && f->verify_seconds > 0)
+		printf(", %.1f MB/s", (double)f->bytes_verified / f->verify_seconds / 1e6);
+	printf("\n");
+}
+
 int cmd_provision(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -145,9 +176,13 @@ int cmd_provision(int argc, char **argv)
 	    {"allow-unlisted", no_argument, NULL, OPT_ALLOW_UNLISTED},
 	    {"allow-fixed-disk", no_argument, NULL, OPT_ALLOW_FIXED},
 	    {"preauth", no_argument, NULL, OPT_PREAUTH},
+	    {"flash", required_argument, NULL, OPT_FLASH},
+	    {"bmap", required_argument, NULL, OPT_BMAP},
+	    {"no-verify-flash", no_argument, NULL, OPT_NO_VERIFY_FLASH},
 	    {NULL, 0, NULL, 0},
 	};
 	struct cli_common_args args = {0};
+	struct cli_flash_watch watch = {.active = false};
 	struct ps_passphrase_src pass = {.allow_prompt = true};
 	struct ps_provision_request req = {0};
 	struct ps_provision_result res;
@@ -182,6 +217,19 @@ int cmd_provision(int argc, char **argv)
 		case OPT_PREAUTH:
 			req.preauth = true;
 			break;
+		case OPT_FLASH:
+			if (req.flash_image != NULL)
+				return cli_usage_error("provision", "--flash is given twice");
+			req.flash_image = optarg;
+			break;
+		case OPT_BMAP:
+			if (req.flash_bmap != NULL)
+				return cli_usage_error("provision", "--bmap is given twice");
+			req.flash_bmap = optarg;
+			break;
+		case OPT_NO_VERIFY_FLASH:
+			req.flash_no_verify = true;
+			break;
 		case 'h':
 			usage_provision(stdout);
 			return PS_EXIT_OK;
@@ -193,6 +241,11 @@ int cmd_provision(int argc, char **argv)
 		return cli_usage_error("provision", "unexpected argument '%s'", argv[optind]);
 	if (req.target == NULL || req.serial == NULL)
 		return cli_usage_error("provision", "--target and --serial are required");
+	if (req.flash_image == NULL && (req.flash_bmap != NULL || req.flash_no_verify))
+		return cli_usage_error("provision",
+				       "--bmap and --no-verify-flash need --flash IMG");
+	if (req.flash_image != NULL && req.flash_image[0] == '\0')
+		return cli_usage_error("provision", "--flash needs an image file");
 
 	if (cli_load_config(&cfg, args.config, args.ca_dir, args.db, &err) < 0)
 		goto fail;
@@ -216,18 +269,27 @@ int cmd_provision(int argc, char **argv)
 	req.cfg = &cfg;
 	req.ca = &ca;
 	req.db = db;
+	if (req.flash_image != NULL) {
+		/* The progress line and ^C while flashing; personalizing is left to finish. */
+		cli_flash_watch_start(&watch, &req.target, 1, &req.flash_progress,
+				      &req.flash_progress_user, &req.cancel);
+		req.observer = flash_over;
+		req.observer_user = &watch;
+	}
 	rc = ps_provision(&req, &res, &err);
+	cli_flash_watch_end(&watch);
 	if (rc == PS_EUNSAFE)
 		syslog(LOG_WARNING, "provstation: refused to write %s: %s", req.target, err.msg);
 	if (rc < 0)
 		goto fail;
-	printf("provisioned %s on %s\n"
-	       "  commonName   %s\n"
+	printf("provisioned %s on %s\n", req.serial, req.target);
+	if (res.flashed)
+		print_flashed(&res.flash);
+	printf("  commonName   %s\n"
 	       "  cert serial  %s\n"
 	       "  public key   sha256:%s\n"
 	       "  data         %s\n",
-	       req.serial, req.target, res.common_name, res.cert_serial, res.pubkey_sha256,
-	       res.data_partition);
+	       res.common_name, res.cert_serial, res.pubkey_sha256, res.data_partition);
 	for (i = 0; i < res.n_written; i++)
 		printf("  wrote        %s\n", res.written[i]);
 	printf("  audit        row %lld in %s: verified\n", (long long)res.audit_id, cfg.database);

@@ -74,6 +74,8 @@ static const struct setting settings[] = {
     S("mender", "rootfs_partitions", SET_PARTITION_LIST, rootfs_partitions),
     S("audit", "revoke_superseded", SET_BOOL, revoke_superseded),
     S("station", "slots_dir", SET_STRING, slots_dir),
+    S("station", "slots_flash", SET_STRING, slots_flash),
+    S("station", "slots_bmap", SET_STRING, slots_bmap),
     S("station", "serial_pattern", SET_REGEX, serial_pattern),
     S("station", "confirm", SET_BOOL, confirm),
     S("station", "hotplug", SET_BOOL, hotplug),
@@ -152,6 +154,10 @@ static int set_defaults(struct ps_config *cfg, struct ps_err *err)
 		rc = ps_config_set(&cfg->server_certificate, "", err);
 	if (rc == 0)
 		rc = ps_config_set(&cfg->slots_dir, "", err);
+	if (rc == 0)
+		rc = ps_config_set(&cfg->slots_flash, "", err);
+	if (rc == 0)
+		rc = ps_config_set(&cfg->slots_bmap, "", err);
 	if (rc == 0)
 		rc = ps_config_set(&cfg->serial_pattern, "", err);
 	if (rc == 0)
@@ -537,6 +543,20 @@ static int check_preauth(const struct ps_config *cfg, const char *name, struct p
 	return 0;
 }
 
+/* A bmap file belongs to a golden image. */
+static int check_flash(const struct ps_config *cfg, const char *name, struct ps_err *err)
+{
+	int i;
+
+	if (cfg->slots_bmap[0] != '\0' && cfg->slots_flash[0] == '\0')
+		return ps_fail(err, PS_EINVAL, "%s: [station] slots_bmap needs slots_flash", name);
+	for (i = 0; i < cfg->n_slots; i++)
+		if (cfg->slots[i].bmap[0] != '\0' && cfg->slots[i].flash[0] == '\0')
+			return ps_fail(err, PS_EINVAL, "%s: [slot %s] bmap needs flash", name,
+				       cfg->slots[i].name);
+	return 0;
+}
+
 /* Checks that span settings, after the file is read. */
 static int check_config(struct ps_config *cfg, const char *name, struct ps_err *err)
 {
@@ -558,6 +578,8 @@ static int check_config(struct ps_config *cfg, const char *name, struct ps_err *
 		rc = ps_prefix(err, rc, "%s: [device] subject", name);
 	if (rc == 0)
 		rc = check_preauth(cfg, name, err);
+	if (rc == 0)
+		rc = check_flash(cfg, name, err);
 out:
 	X509_NAME_free(subject);
 	return rc;

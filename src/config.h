@@ -93,6 +93,8 @@ struct ps_config {
 
 	/* [station], for the station's front end */
 	char *slots_dir;      /* image files here are virtual slots, or "" */
+	char *slots_flash;    /* golden image flashed onto a virtual slot's file first, or "" */
+	char *slots_bmap;     /* its bmap file, or "" */
 	char *serial_pattern; /* POSIX extended regex a scanned serial must match, or "" */
 	bool confirm;	      /* wait for the operator's confirm key before starting a job */
 	bool hotplug;	      /* watch udev for disks and boards (default true) */

@@ -1,5 +1,6 @@
-/* provision.c — the personalization pipeline (see provision.h): plan and check everything
- * before issuing, record the issuance durably, write in place, verify by reading back. */
+/* provision.c — the personalization pipeline (see provision.h): flash the golden image when
+ * asked, plan and check everything before issuing, record the issuance durably, write in
+ * place, verify by reading back. */
 #include "provision.h"
 #include "image.h"
 #include "menderconf.h"
@@ -353,6 +354,41 @@ static int gate(const struct ps_provision_request *req, struct ps_err *err)
 	return 0;
 }
 
+/* Flash the golden image onto the target: ps_flash applies the same gate (policy, slot or
+ * allow_unlisted) and also refuses a target smaller than the image. */
+static int flash_stage(const struct ps_provision_request *req, struct ps_provision_result *res,
+		       struct ps_err *err)
+{
+	const char *targets[1] = {req->target};
+	const bool is_slot[1] = {req->target_is_slot};
+	struct ps_flash_request freq = {
+	    .image = req->flash_image,
+	    .bmap = req->flash_bmap,
+	    .targets = targets,
+	    .n_targets = 1,
+	    .verify = !req->flash_no_verify,
+	    .safety = req->safety,
+	    .allow_unlisted = req->allow_unlisted,
+	    .target_is_slot = is_slot,
+	    .progress = req->flash_progress,
+	    .progress_user = req->flash_progress_user,
+	    .cancel = req->cancel,
+	};
+	struct ps_err ferr = {""};
+	int rc;
+
+	res->flashed = true;
+	rc = ps_flash(&freq, &res->flash, &ferr);
+	if (rc < 0)
+		return ps_fail(err, rc, "cannot flash %s onto %s: %s",
+			       res->flash.image_name[0] ? res->flash.image_name : req->flash_image,
+			       req->target, res->flash.message[0] ? res->flash.message : ferr.msg);
+	if (req->cancel != NULL && atomic_load(req->cancel))
+		return ps_fail(err, PS_EIO, "%s: cancelled after flashing; nothing was issued",
+			       req->target);
+	return 0;
+}
+
 static void record_failure(const struct ps_provision_request *req, int64_t id,
 			   const struct ps_audit_context *ctx, const struct ps_err *why)
 {
@@ -520,6 +556,12 @@ int ps_provision(const struct ps_provision_request *req, struct ps_provision_res
 					sizeof(res->common_name), err);
 	if (rc < 0)
 		goto out;
+	if (req->flash_image != NULL) {
+		emit(req, PS_STAGE_FLASHING);
+		rc = flash_stage(req, res, err);
+		if (rc < 0)
+			goto out;
+	}
 	rc = gate(req, err);
 	if (rc == 0)
 		rc = plan_open(&plan, cfg, req->target, true, err);
@@ -549,6 +591,8 @@ int ps_provision(const struct ps_provision_request *req, struct ps_provision_res
 	    .not_before = issued.not_before,
 	    .not_after = issued.not_after,
 	    .target = req->target,
+	    .image_name = res->flashed ? res->flash.image_name : NULL,
+	    .image_sha256 = res->flashed ? res->flash.image_sha256 : NULL,
 	};
 	rc = ps_db_record_issued(req->db, &ctx, &rec, &res->audit_id, err);
 	if (rc < 0)

@@ -1,6 +1,7 @@
-/* provision.h — the personalization pipeline for one device: check the target, issue the
- * identity, record it, write key, certificate and mender.conf into the image in place, verify
- * by reading everything back. The command line and the station UI both run it. */
+/* provision.h — the personalization pipeline for one device: optionally flash the golden
+ * image onto the target, check it, issue the identity, record it, write key, certificate and
+ * mender.conf into the image in place, verify by reading everything back. The command line
+ * and the station UI both run it. */
 #ifndef PS_PROVISION_H
 #define PS_PROVISION_H
 
@@ -8,8 +9,11 @@
 #include "ca.h"
 #include "config.h"
 #include "err.h"
+#include "flash.h"
 #include "safety.h"
 
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 /* Where the station puts the device's files: the data partition is mounted at /data. */
@@ -24,6 +28,7 @@
 /* Pipeline stages, reported to an optional observer. */
 enum ps_stage {
 	PS_STAGE_CHECKING,
+	PS_STAGE_FLASHING, /* only with flash_image */
 	PS_STAGE_ISSUING,
 	PS_STAGE_WRITING,
 	PS_STAGE_VERIFYING,
@@ -46,6 +51,17 @@ struct ps_provision_request {
 	bool preauth;
 	void (*observer)(enum ps_stage stage, void *user);
 	void *observer_user;
+	/* Flash a golden image onto the target first (NULL: personalize what is there): raw,
+	 * gzip, xz or zstd, with an optional bmap file, through the same safety gate, read back
+	 * and compared unless flash_no_verify. Nothing is issued unless it succeeds; the audit
+	 * row then records the image's name and SHA-256. */
+	const char *flash_image;
+	const char *flash_bmap;
+	bool flash_no_verify;
+	ps_flash_progress_fn flash_progress; /* optional, called from the flashing threads */
+	void *flash_progress_user;
+	/* Optional: once set, the flash stops soon, and nothing is issued afterwards. */
+	atomic_bool *cancel;
 };
 
 #define PS_MAX_WRITTEN 8
@@ -58,10 +74,13 @@ struct ps_provision_result {
 	char data_partition[96];
 	char written[PS_MAX_WRITTEN][160]; /* "p4:/mender/mender-cert.pem (0600)" */
 	int n_written;
+	bool flashed;		      /* flash_image was given and ps_flash ran */
+	struct ps_flash_result flash; /* its result, when flashed (also when it failed) */
 };
 
 /* Run the whole pipeline. On failure after issuance the audit row is left in state failed
- * with the reason; before issuance nothing is recorded and nothing is written. */
+ * with the reason; before issuance nothing is recorded, and nothing is written but the
+ * flashed image (a failed flash says "cannot flash IMAGE onto TARGET: REASON"). */
 int ps_provision(const struct ps_provision_request *req, struct ps_provision_result *res,
 		 struct ps_err *err);
 

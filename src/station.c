@@ -27,6 +27,8 @@
 #include <unistd.h>
 
 #define LOG_LINES 256
+/* Flash progress wakes the front end at most this often per slot (and at phase changes). */
+#define PROGRESS_NOTIFY_MS 250
 
 struct slot {
 	struct ps_slot_view view;
@@ -203,7 +205,107 @@ struct job {
 	char serial[PS_SERIAL_MAX + 1];
 	struct ps_safety_policy safety;
 	bool is_slot;
+	/* The golden image flashed first (configuration strings: they outlive the job), or NULL */
+	const char *flash_image, *flash_bmap;
+	double flash_notified; /* when its progress last woke the front end */
 };
+
+static double monotonic(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static const char *base_name(const char *path)
+{
+	const char *s = strrchr(path, '/');
+
+	return s != NULL && s[1] != '\0' ? s + 1 : path;
+}
+
+/* The golden image of a slot: its [slot] flash, or [station] slots_flash for image files. */
+static void job_flash_setup(struct ps_station *st, const struct slot *slot, struct job *job)
+{
+	const char *image = slot->conf != NULL	    ? slot->conf->flash
+			    : slot->view.is_virtual ? st->cfg->slots_flash
+						    : NULL;
+	const char *bmap = slot->conf != NULL	   ? slot->conf->bmap
+			   : slot->view.is_virtual ? st->cfg->slots_bmap
+						   : NULL;
+
+	job->flash_image = image != NULL && image[0] != '\0' ? image : NULL;
+	job->flash_bmap = job->flash_image != NULL && bmap != NULL && bmap[0] != '\0' ? bmap : NULL;
+}
+
+/* The state a job starts in, and its log line. Called with the lock held. */
+static void job_first_state(struct ps_station *st, struct slot *slot, const char *flash_image)
+{
+	char msg[sizeof(slot->view.message)];
+
+	log_locked(st, "%s: provisioning %s%s%s", slot->view.name, slot->view.serial,
+		   flash_image ? ", flashing " : "", flash_image ? base_name(flash_image) : "");
+	if (flash_image == NULL) {
+		set_state(st, slot, PS_SLOT_PERSONALIZING, "issuing the device identity");
+		return;
+	}
+	snprintf(msg, sizeof(msg), "writing %s", base_name(flash_image));
+	set_state(st, slot, PS_SLOT_FLASHING, msg);
+	slot->view.flash_phase = PS_FLASH_WRITING;
+	slot->view.flash_done = slot->view.flash_total = 0;
+}
+
+/* Flash progress, from the flashing threads: always kept in the slot's view, but the front
+ * end is woken only at a phase change or once PROGRESS_NOTIFY_MS have passed. */
+static void job_flash_progress(const char *target, const struct ps_flash_progress *p, void *user)
+{
+	struct job *job = user;
+	struct ps_station *st = job->st;
+	struct slot *slot;
+	double t = monotonic();
+
+	(void)target;
+	if (p->phase != PS_FLASH_WRITING && p->phase != PS_FLASH_VERIFYING)
+		return; /* done or failed: the job's next state says so */
+	pthread_mutex_lock(&st->lock);
+	slot = slot_by_id(st, job->slot_id);
+	if (slot != NULL && slot->view.state == PS_SLOT_FLASHING) {
+		struct ps_slot_view *v = &slot->view;
+		bool phase_changed = v->flash_phase != p->phase;
+
+		if (phase_changed)
+			snprintf(v->message, sizeof(v->message), "%s %s",
+				 p->phase == PS_FLASH_VERIFYING ? "reading back" : "writing",
+				 base_name(job->flash_image));
+		v->flash_phase = p->phase;
+		v->flash_done = p->done;
+		v->flash_total = p->total;
+		v->progress = p->total > 0 ? (double)p->done / (double)p->total : -1;
+		if (v->progress > 1)
+			v->progress = 1;
+		v->rate = p->rate;
+		v->eta = p->eta;
+		v->generation++;
+		if (phase_changed || t - job->flash_notified >= PROGRESS_NOTIFY_MS / 1000.0) {
+			job->flash_notified = t;
+			notify(st);
+		}
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+/* The station log's line about the flash. Called with the lock held. */
+static void log_flash(struct ps_station *st, const char *name, const struct ps_flash_result *f)
+{
+	double rate = f->write_seconds > 0 ? (double)f->bytes_written / f->write_seconds : 0;
+
+	if (f->status != 0)
+		return; /* the FAIL line has the reason */
+	log_locked(st, "%s: flashed %s (%.0f MiB, %.1f MB/s, %s), sha256 %.16s...", name,
+		   f->image_name, (double)f->bytes_written / (1 << 20), rate / 1e6,
+		   f->verified ? "verified" : "not verified", f->image_sha256);
+}
 
 static void job_observer(enum ps_stage stage, void *user)
 {
@@ -213,7 +315,9 @@ static void job_observer(enum ps_stage stage, void *user)
 
 	pthread_mutex_lock(&st->lock);
 	slot = slot_by_id(st, job->slot_id);
-	if (slot != NULL && stage == PS_STAGE_WRITING)
+	if (slot != NULL && stage == PS_STAGE_ISSUING && slot->view.state == PS_SLOT_FLASHING)
+		set_state(st, slot, PS_SLOT_PERSONALIZING, "issuing the device identity");
+	else if (slot != NULL && stage == PS_STAGE_WRITING)
 		set_state(st, slot, PS_SLOT_PERSONALIZING, "writing key, certificate, mender.conf");
 	else if (slot != NULL && stage == PS_STAGE_VERIFYING)
 		set_state(st, slot, PS_SLOT_VERIFYING, "reading everything back");
@@ -239,6 +343,10 @@ static void *run_job(void *arg)
 	    .observer = job_observer,
 	    .observer_user = job,
 	    .preauth = st->cfg->preauth_enabled,
+	    .flash_image = job->flash_image,
+	    .flash_bmap = job->flash_bmap,
+	    .flash_progress = job_flash_progress,
+	    .flash_progress_user = job,
 	};
 	struct ps_provision_result res;
 	struct ps_err err = {""};
@@ -246,6 +354,7 @@ static void *run_job(void *arg)
 	struct slot *slot;
 	int rc;
 
+	memset(&res, 0, sizeof(res));
 	rc = ps_db_open(st->cfg->database, &db, &err);
 	if (rc == 0) {
 		req.db = db;
@@ -255,6 +364,8 @@ static void *run_job(void *arg)
 
 	pthread_mutex_lock(&st->lock);
 	slot = slot_by_id(st, job->slot_id);
+	if (res.flashed)
+		log_flash(st, slot ? slot->view.name : job->target, &res.flash);
 	if (rc == 0) {
 		st->pass_today++;
 		log_locked(st, "PASS %s: %s, %s, cert %s", slot ? slot->view.name : job->target,
@@ -302,6 +413,7 @@ static void *run_job(void *arg)
 static int start_job(struct ps_station *st, struct slot *slot, struct ps_err *err)
 {
 	struct job *job = calloc(1, sizeof(*job));
+	const char *flash_image;
 	pthread_attr_t attr;
 	pthread_t thread;
 	int rc;
@@ -314,6 +426,8 @@ static int start_job(struct ps_station *st, struct slot *slot, struct ps_err *er
 	job->safety.allow_fixed = slot->conf != NULL && slot->conf->allow_fixed;
 	copy_str(job->target, sizeof(job->target), slot->view.target);
 	snprintf(job->serial, sizeof(job->serial), "%s", slot->view.serial);
+	job_flash_setup(st, slot, job);
+	flash_image = job->flash_image; /* job belongs to its thread once started */
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	rc = pthread_create(&thread, &attr, run_job, job);
@@ -325,8 +439,7 @@ static int start_job(struct ps_station *st, struct slot *slot, struct ps_err *er
 	slot->job_running = true;
 	slot->view.common_name[0] = '\0';
 	st->jobs_running++;
-	set_state(st, slot, PS_SLOT_PERSONALIZING, "issuing the device identity");
-	log_locked(st, "%s: provisioning %s", slot->view.name, slot->view.serial);
+	job_first_state(st, slot, flash_image);
 	return 0;
 }
 

@@ -8,6 +8,7 @@
 #include "ca.h"
 #include "config.h"
 #include "err.h"
+#include "flash.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -21,7 +22,7 @@ enum ps_slot_state {
 	PS_SLOT_DETECTED,	 /* a disk or board is there; getting ready */
 	PS_SLOT_WAITING_SERIAL,	 /* waiting for the operator to scan or type the serial */
 	PS_SLOT_WAITING_CONFIRM, /* serial known; waiting for the operator's confirm key */
-	PS_SLOT_FLASHING,	 /* writing the golden image */
+	PS_SLOT_FLASHING,	 /* writing the golden image and reading it back */
 	PS_SLOT_PERSONALIZING,	 /* issuing and writing key, certificate, mender.conf */
 	PS_SLOT_VERIFYING,	 /* reading everything back */
 	PS_SLOT_PREAUTH_QUEUED,	 /* done; preauthorization queued */
@@ -52,6 +53,10 @@ struct ps_slot_view {
 	double eta;	     /* seconds left, < 0 when unknown */
 	time_t since;	     /* when the slot entered its state */
 	uint64_t generation; /* changes whenever the slot changes */
+	/* While FLASHING: the golden image's phase (PS_FLASH_WRITING, then PS_FLASH_VERIFYING
+	 * when it is read back) and its bytes; progress, rate and eta above follow them. */
+	enum ps_flash_phase flash_phase;
+	uint64_t flash_done, flash_total; /* total 0 while not known (compressed, no bmap) */
 };
 
 struct ps_station_counts {

@@ -199,13 +199,10 @@ loop_reason=
 [ -z "$loop_reason" ] && ! command -v losetup >/dev/null && loop_reason="losetup is not installed"
 [ -z "$loop_reason" ] && [ ! -e /dev/loop-control ] &&
 	loop_reason="no loop devices here (/dev/loop-control missing)"
-loops=""
-at_exit 'for l in $loops; do losetup -d "$l"; done'
-attach() { # attach FILE: print the new loop device
-	l=$(losetup -f --show "$1" 2>"$TMP/losetup.err") || return 1
-	loops="$loops $l"
-	echo "$l"
-}
+# attach FILE: print the new loop device. attach runs in a subshell ($(...)), so the loop
+# devices to detach on exit are found by their backing files, all in $TMP.
+at_exit 'losetup -a | grep -F "($TMP/" | cut -d: -f1 | while read -r l; do losetup -d "$l"; done'
+attach() { losetup -f --show "$1" 2>"$TMP/losetup.err"; }
 if [ -z "$loop_reason" ]; then
 	head -c "$size" /dev/zero | tr '\0' '\252' >"$TMP/disk"
 	LOOP=$(attach "$TMP/disk") || loop_reason="losetup: $(head -1 "$TMP/losetup.err")"

@@ -84,11 +84,12 @@ int main(void)
 	ok(ps_config_load_string(
 	       &cfg,
 	       "[station]\nslots_dir = /srv/slots\nserial_pattern = ^SN-[0-9]{4}$\n"
-	       "confirm = yes\nhotplug = no\n"
+	       "confirm = yes\nhotplug = no\nslots_flash = /srv/g.img.xz\nslots_bmap = "
+	       "/srv/g.bmap\n"
 	       "[slot A]\nports = pci-*-usb-0:1:1.0-*, pci-*-usb-0:2:1.0-*\n"
 	       "serial_source = usb\n"
 	       "[slot B]\nserial_source = sequence\nserial_prefix = SN-\nallow_fixed = yes\n"
-	       "flash = /srv/golden.img.zst\n"
+	       "flash = /srv/golden.img.zst\nbmap = /srv/golden.bmap\n"
 	       "[board rpi4]\nusb_id = 0a5c:2711, 0a5c:2712\nhelper = rpiboot\ntimeout = 30\n",
 	       "station.conf", &err) == 0,
 	   "slots and boards load: %s", err.msg);
@@ -101,6 +102,10 @@ int main(void)
 	is_str(cfg.slots[1].serial_prefix, "SN-", "sequence prefix");
 	ok(cfg.slots[1].allow_fixed && !cfg.slots[0].allow_fixed, "allow_fixed per slot");
 	is_str(cfg.slots[1].flash, "/srv/golden.img.zst", "flash image per slot");
+	is_str(cfg.slots[1].bmap, "/srv/golden.bmap", "and its bmap");
+	ok(cfg.slots[0].flash[0] == '\0' && cfg.slots[0].bmap[0] == '\0', "no flash by default");
+	is_str(cfg.slots_flash, "/srv/g.img.xz", "flash image for image-file slots");
+	is_str(cfg.slots_bmap, "/srv/g.bmap", "and its bmap");
 	is_int(cfg.n_boards, 1, "one board");
 	is_int(cfg.boards[0].n_usb_ids, 2, "two USB ids");
 	is_int(cfg.boards[0].usb_ids[1][1], 0x2712, "second PID");
@@ -114,6 +119,11 @@ int main(void)
 	   "unknown serial source");
 	ok(load(&cfg, "[slot A]\nid = 3\n", &err) == PS_EINVAL, "station key in a slot");
 	contains(err.msg, "unknown key 'id' in [slot]", "names the key");
+	ok(load(&cfg, "[slot A]\nbmap = /srv/g.bmap\n", &err) == PS_EINVAL, "bmap without flash");
+	contains(err.msg, "[slot A] bmap needs flash", "names the slot");
+	ok(load(&cfg, "[station]\nslots_bmap = /srv/g.bmap\n", &err) == PS_EINVAL,
+	   "slots_bmap without slots_flash");
+	contains(err.msg, "[station] slots_bmap needs slots_flash", "says so");
 	ok(load(&cfg, "[board b]\nusb_id = 0a5c\n", &err) == PS_EINVAL, "bad USB id");
 	ok(load(&cfg, "[station]\nserial_pattern = ([\n", &err) == PS_EINVAL, "bad regex");
 	ok(load(&cfg, "[gadget x]\n", &err) == PS_EINVAL, "unknown named section");

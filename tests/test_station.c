@@ -1,12 +1,18 @@
 /* test_station.c — the station core on virtual slots: image files appearing in the slots
  * directory become slots, a submitted serial runs a job on a worker thread to PASS, a
  * corrupt image FAILs with its reason, serial rules and field-service refusals, the
- * longest-waiting slot gets the next serial, and the log and counts follow. */
+ * longest-waiting slot gets the next serial, and the log and counts follow. With
+ * [station] slots_flash the job flashes the golden image first (FLASHING, held there by a
+ * file lease on the target), then personalizes; the audit row names the image and its
+ * SHA-256; a corrupt golden image FAILs the slot and issues nothing. */
+#include "provision.h"
 #include "station.h"
 #include "tap.h"
 #include "util.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -62,6 +68,134 @@ static int slot_id(struct ps_station *st, const char *name)
 static int run(const char *cmd)
 {
 	return system(cmd);
+}
+
+/* True when the station's log holds a line containing needle. */
+static bool logged(struct ps_station *st, const char *needle)
+{
+	static char lines[256][256];
+	uint64_t last;
+	size_t n = ps_station_log(st, 0, lines, 256, &last), i;
+
+	for (i = 0; i < n; i++)
+		if (strstr(lines[i], needle) != NULL)
+			return true;
+	return false;
+}
+
+struct audit_row {
+	long n;
+	char state[32], image_name[256], image_sha256[65];
+};
+
+static int keep_row(const struct ps_cert_row *row, void *user)
+{
+	struct audit_row *r = user;
+
+	r->n++;
+	snprintf(r->state, sizeof(r->state), "%s", row->state);
+	snprintf(r->image_name, sizeof(r->image_name), "%s", row->image_name);
+	snprintf(r->image_sha256, sizeof(r->image_sha256), "%s", row->image_sha256);
+	return 0;
+}
+
+/* Image-file slots with [station] slots_flash: flash, then personalize. */
+static void flash_slots(struct ps_ca *ca, const char *srcdir)
+{
+	struct ps_config cfg;
+	struct ps_station *st = NULL;
+	struct ps_slot_view view;
+	struct ps_verify_result vres;
+	struct ps_db_filter filter = {.device_serial = "SN-0100"};
+	struct audit_row row = {0};
+	struct ps_err err = {""};
+	struct ps_db *db = NULL;
+	char text[2048], cmd[2048], sha[80] = "";
+	struct stat sb;
+	FILE *f;
+	long seen = -1;
+	int fd, lease;
+
+	snprintf(cmd, sizeof(cmd),
+		 "mkdir -p %s && %s/scripts/mkmenderimg.sh --size 64 %s >/dev/null", path("fslots"),
+		 srcdir, path("g.img"));
+	ok(run(cmd) == 0, "golden image built");
+	snprintf(cmd, sizeof(cmd), "sha256sum %s | cut -c1-64 > %s && gzip -1 %s", path("g.img"),
+		 path("g.sha"), path("g.img"));
+	ok(run(cmd) == 0, "golden image built and compressed");
+	f = fopen(path("g.sha"), "r");
+	ok(f != NULL && fgets(sha, sizeof(sha), f) != NULL, "its SHA-256");
+	if (f != NULL)
+		fclose(f);
+	sha[strcspn(sha, "\n")] = '\0';
+	snprintf(text, sizeof(text),
+		 "[station]\nid = test-station\ndatabase = %s\nslots_dir = %s\nhotplug = no\n"
+		 "slots_flash = %s\n[device]\ncommon_name = {serial}.example.com\n",
+		 path("audit.db"), path("fslots"), path("g.img.gz"));
+	ok(ps_config_load_string(&cfg, text, "test", &err) == 0, "config with slots_flash: %s",
+	   err.msg);
+	ok(ps_station_open(&cfg, ca, &st, &err) == 0, "station opens: %s", err.msg);
+	if (st == NULL) {
+		ps_config_free(&cfg);
+		return;
+	}
+
+	/* A placeholder file: its content does not matter, the golden image replaces it. */
+	snprintf(cmd, sizeof(cmd), "echo placeholder > %s/dev-1.img", path("fslots"));
+	ok(run(cmd) == 0, "a placeholder image file dropped in");
+	ok(wait_state(st, "dev-1.img", PS_SLOT_WAITING_SERIAL, NULL), "it waits for a serial");
+	/* A write lease on it: the job's open for writing waits until the lease goes, which
+	 * holds the slot in FLASHING for as long as the test looks. */
+	signal(SIGIO, SIG_IGN);
+	fd = open(path("fslots/dev-1.img"), O_RDONLY);
+	lease = fd >= 0 ? fcntl(fd, F_SETLEASE, F_WRLCK) : -1;
+	ok(ps_station_submit_serial(st, -1, "SN-0100", false, &err) == 0, "serial submitted: %s",
+	   err.msg);
+	if (lease == 0) {
+		ok(wait_state(st, "dev-1.img", PS_SLOT_FLASHING, &view), "the slot is FLASHING");
+		ok(ps_slot_state_busy(view.state), "a busy state");
+		is_str(view.message, "writing g.img.gz", "says what it writes");
+		is_int(view.flash_phase, PS_FLASH_WRITING, "phase: writing");
+		ok(logged(st, "dev-1.img: provisioning SN-0100, flashing g.img.gz"), "logged");
+		fcntl(fd, F_SETLEASE, F_UNLCK);
+	} else {
+		printf("ok %d - # SKIP the FLASHING state: no file lease here\n", ++tap_count);
+	}
+	if (fd >= 0)
+		close(fd);
+	ok(wait_state(st, "dev-1.img", PS_SLOT_PASS, &view), "then PASS: %s", view.message);
+	is_str(view.common_name, "SN-0100.example.com", "personalized");
+	ok(stat(path("fslots/dev-1.img"), &sb) == 0 && sb.st_size == 64 << 20,
+	   "the file now has the image's size");
+	ok(ps_verify(&cfg, ca, path("fslots/dev-1.img"), &vres, &err) == 0, "it verifies: %s",
+	   err.msg);
+	ok(logged(st, "dev-1.img: flashed g.img.gz (64 MiB, "), "the log says what was flashed");
+	ok(ps_db_open(path("audit.db"), &db, &err) == 0 &&
+	       ps_db_each(db, &filter, keep_row, &row, &err) == 0,
+	   "audit rows read: %s", err.msg);
+	is_int(row.n, 1, "one row for SN-0100");
+	is_str(row.state, "verified", "verified");
+	is_str(row.image_name, "g.img.gz", "the row names the image");
+	is_str(row.image_sha256, sha, "and its SHA-256 (of the decompressed image)");
+	ps_db_close(db);
+
+	/* The golden image goes bad: the slot FAILs and nothing is issued. */
+	snprintf(cmd, sizeof(cmd),
+		 "printf '\\377\\377\\377\\377\\377\\377\\377\\377' | "
+		 "dd of=%s bs=1 seek=2000 conv=notrunc status=none && "
+		 "echo placeholder > %s/dev-2.img",
+		 path("g.img.gz"), path("fslots"));
+	ok(run(cmd) == 0, "golden image corrupted, a second placeholder dropped in");
+	ok(wait_state(st, "dev-2.img", PS_SLOT_WAITING_SERIAL, NULL), "it waits for a serial");
+	ok(ps_station_submit_serial(st, -1, "SN-0101", false, &err) == 0, "serial submitted: %s",
+	   err.msg);
+	ok(wait_state(st, "dev-2.img", PS_SLOT_FAIL, &view), "the slot FAILs");
+	contains(view.message, "cannot flash g.img.gz onto ", "because of the flash");
+	contains(view.message, "is corrupt", "with the reason: %s", view.message);
+	ok(ps_station_serial_seen(st, "SN-0101", &seen, &err) == 0 && seen == 0,
+	   "no certificate was issued");
+	ps_station_close(st);
+	ps_config_free(&cfg);
 }
 
 int main(void)
@@ -160,6 +294,7 @@ int main(void)
 	contains(lines[n - 1], "corrupt.img", "newest line is about the last event");
 	ps_station_close(st);
 	ps_config_free(&cfg);
+	flash_slots(&ca, srcdir);
 	ps_ca_free(&ca);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
 	ok(run(cmd) == 0, "temporary files removed");

@@ -5,7 +5,9 @@
 # checked with debugfs and openssl, refused serials, a FAIL on a corrupt image, a serial seen
 # before, the audit view, export, help, the bell, monochrome and ASCII at 80x24, a resize
 # and a quit while a job runs, eight slots busy at once, and the passphrase asked before
-# the screen starts.
+# the screen starts. Flashing: an image-file slot with slots_flash, and a slot on a loop
+# device (as root) with flash, go FLASHING with a progress bar, then PASS with the image's
+# name and SHA-256 in the audit row.
 . "$SRCDIR/tests/lib.sh"
 need tmux python3 openssl debugfs sfdisk mkfs.ext4 mkfs.vfat pgrep
 PATH=$PATH:/usr/sbin:/sbin
@@ -123,6 +125,35 @@ unlock_db() {
 	touch "$TMP/lock.release"
 	wait "$lock_pid"
 }
+
+# hold_lease FILE / release_lease: hold a write lease on FILE, as a reader might; the station's
+# open of it for writing waits until it is released, which keeps a flashing slot in FLASHING
+hold_lease() {
+	rm -f "$TMP/leased" "$TMP/lease.release"
+	python3 - "$1" "$TMP/leased" "$TMP/lease.release" <<'EOF' &
+import fcntl, os, signal, sys, time
+signal.signal(signal.SIGIO, signal.SIG_IGN)  # the lease break's signal
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.fcntl(fd, 1024, fcntl.F_WRLCK)  # F_SETLEASE
+open(sys.argv[2], "w").close()
+deadline = time.time() + 40
+while not os.path.exists(sys.argv[3]) and time.time() < deadline:
+    time.sleep(0.05)
+os.close(fd)
+EOF
+	lease_pid=$!
+	n=100
+	while [ ! -e "$TMP/leased" ] && [ $n -gt 0 ] && kill -0 "$lease_pid" 2>/dev/null; do
+		sleep 0.1
+		n=$((n - 1))
+	done
+	[ -e "$TMP/leased" ]
+}
+release_lease() {
+	touch "$TMP/lease.release"
+	wait "$lease_pid"
+}
+at_exit 'touch "$TMP/lease.release"'
 
 # ---- the workspace: a CA, station.conf, an image-file slot ----
 mkdir -p "$W/slots" "$W/staging"
@@ -375,5 +406,90 @@ openssl x509 -in "$TMP/ca2/ca-cert.pem" -noout >/dev/null 2>&1 &&
 check "the audit database has the confirmed jobs"
 keys c q
 ok "q quits at once when no job runs" wait_for c '^EXIT=0$'
+tm kill-session -t c
+
+# ---- flashing: an image-file slot with slots_flash, at 80x24 in ASCII ----
+"$MKIMG" --size 512 "$W/golden.img" >/dev/null 2>"$TMP/mkimg.err" ||
+	skip_all "mkmenderimg.sh failed: $(tail -1 "$TMP/mkimg.err")"
+golden_sha=$(sha256sum "$W/golden.img" | cut -c1-64)
+mkdir -p "$W/fslots"
+sed -e "s|^slots_dir = .*|slots_dir = $W/fslots\nslots_flash = $W/golden.img|" \
+	"$W/station.conf" >"$W/flash.conf"
+echo placeholder >"$W/staging/dev-1.img"
+mv "$W/staging/dev-1.img" "$W/fslots/dev-1.img"
+tm new-session -d -s f -x 80 -y 24 \
+	"env LC_ALL=C PROVSTATION_DB_BUSY_MS=60000 $PS station --config $W/flash.conf; echo EXIT=\$?; sleep 600"
+ok "an image-file slot with slots_flash waits for its serial" \
+	wait_for f '^. dev-1\.img .*(SCAN SERIAL|WAITING FOR SERIAL)'
+ok "a reader holds the file (a lease): the flash waits for it" hold_lease "$W/fslots/dev-1.img"
+keys f 'SN-4001' Enter
+ok "the slot is FLASHING" wait_for f '^. dev-1\.img .*SN-4001 .*FLASHING'
+ok "saying what it writes" wait_for f '^. dev-1\.img .*FLASHING +writing golden\.img'
+ok "the log says it flashes golden.img" \
+	wait_for f 'dev-1\.img: provisioning SN-4001, flashing golden\.img'
+release_lease
+ok "then the progress bar at 80 columns: percentage, MB/s, time left" \
+	wait_for f '^. dev-1\.img .*(FLASHING|VERIFY IMAGE) +\[[#.]+\] +[0-9]+% +[0-9.]+ MB/s +[0-9]+:[0-9]+' 20
+! LC_ALL=C grep -q '[^ -~]' "$TMP/screen"
+check "the progress bar is ASCII in the C locale"
+ok "the flashed slot PASSes" wait_for f '^. dev-1\.img .*SN-4001 .* PASS ' 60
+ok "the log says what was flashed" wait_for f 'dev-1\.img: flashed golden\.img \(512 MiB, '
+[ "$(export_field -1 device_serial)" = SN-4001 ] && [ "$(export_field -1 state)" = verified ] &&
+	[ "$(export_field -1 image_name)" = golden.img ] &&
+	[ "$(export_field -1 image_sha256)" = "$golden_sha" ]
+check "the audit row names golden.img and its SHA-256"
+cmp -s -n "$DATA_OFF" "$W/golden.img" "$W/fslots/dev-1.img" &&
+	"$PS" verify --config "$W/flash.conf" --target "$W/fslots/dev-1.img" >/dev/null
+check "the slot's file is the golden image, personalized (provstation verify)"
+keys f q
+ok "q quits" wait_for f '^EXIT=0$'
+tm kill-session -t f
+rm -f "$W/golden.img" "$W/fslots/dev-1.img"
+
+# ---- flashing: a slot on a loop device (a station port) with flash ----
+loop_reason=
+[ "$(id -u)" -eq 0 ] || loop_reason="loop devices need root"
+[ -z "$loop_reason" ] && ! command -v losetup >/dev/null && loop_reason="losetup is not installed"
+[ -z "$loop_reason" ] && [ ! -e /dev/loop-control ] &&
+	loop_reason="no loop devices here (/dev/loop-control missing)"
+if [ -z "$loop_reason" ]; then
+	truncate -s 80M "$W/card"
+	at_exit 'losetup -a | grep -F "($W/card" | cut -d: -f1 | while read -r l; do losetup -d "$l"; done'
+	CARD=$(losetup -f --show "$W/card" 2>"$TMP/losetup.err") ||
+		loop_reason="losetup: $(head -1 "$TMP/losetup.err")"
+fi
+if [ -z "$loop_reason" ]; then
+	sed -e 's/^hotplug = false$/hotplug = true/' -e 's|^slots_dir = .*|slots_dir =|' \
+		"$W/station.conf" >"$W/card.conf"
+	printf '[slot card]\nports = %s\nallow_fixed = yes\nflash = %s\n' "$CARD" \
+		"$W/staging/template.img" >>"$W/card.conf"
+	tm new-session -d -s g -x 100 -y 30 \
+		"env LC_ALL=C.UTF-8 $PS station --config $W/card.conf; echo EXIT=\$?; sleep 600"
+	if wait_for g '^. card .*WAITING FOR SERIAL' 10 >"$TMP/wait"; then
+		echo "ok $((tap_n = tap_n + 1)) - the loop device in slot card waits for its serial"
+		keys g 'SN-4002' Enter
+		ok "it is flashed, then PASSes" wait_for g '^. card .*SN-4002 .* PASS ' 60
+		ok "the log says what was flashed" wait_for g 'card: flashed template\.img \(64 MiB, '
+		[ "$(export_field -1 device_serial)" = SN-4002 ] &&
+			[ "$(export_field -1 image_name)" = template.img ] &&
+			[ "$(export_field -1 image_sha256)" = "$(sha256sum "$W/staging/template.img" | cut -c1-64)" ] &&
+			[ "$(export_field -1 target)" = "$CARD" ]
+		check "the audit row names the disk, template.img and its SHA-256"
+		cmp -s -n "$DATA_OFF" "$W/staging/template.img" "$CARD" &&
+			"$PS" verify --config "$W/card.conf" --target "$CARD" >/dev/null
+		check "the disk holds the image, personalized (provstation verify)"
+	elif grep -q "hotplug unavailable" "$TMP/screen"; then
+		echo "ok $((tap_n = tap_n + 1)) - # SKIP loop device slot: $(grep -o 'hotplug unavailable.*' "$TMP/screen" | head -1)"
+	else
+		echo "not ok $((tap_n = tap_n + 1)) - the loop device in slot card waits for its serial"
+		tap_failed=$((tap_failed + 1))
+		sed 's/^/#   /' "$TMP/wait"
+	fi
+	keys g q
+	wait_for g '^EXIT=0$' >/dev/null
+	tm kill-session -t g
+else
+	echo "ok $((tap_n = tap_n + 1)) - # SKIP loop device slot: $loop_reason"
+fi
 
 done_testing

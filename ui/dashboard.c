@@ -41,6 +41,15 @@ const char *tui_state_label(enum ps_slot_state state, bool short_form)
 	return "?";
 }
 
+/* A slot's state label: a flashing slot reading its image back says so (in no more columns
+ * than the state column has anyway, so that the row does not shift). */
+static const char *slot_label(const struct ps_slot_view *v, bool short_form)
+{
+	if (v->state == PS_SLOT_FLASHING && v->flash_phase == PS_FLASH_VERIFYING)
+		return "VERIFY IMAGE";
+	return tui_state_label(v->state, short_form);
+}
+
 static enum tui_role state_role(enum ps_slot_state state)
 {
 	switch (state) {
@@ -111,7 +120,7 @@ static int max_width(const struct tui *t, int col)
 			w = tui_width(t, v->common_name);
 			break;
 		default:
-			w = (int)strlen(tui_state_label(v->state, false));
+			w = (int)strlen(slot_label(v, false));
 			break;
 		}
 		if (w > m)
@@ -313,7 +322,15 @@ static void draw_detail(struct tui *t, int y, int x, int width, const struct ps_
 			return;
 		}
 		tui_fmt_duration(elapsed, dur, sizeof(dur));
-		snprintf(buf, sizeof(buf), "%s  %s", v->message, dur);
+		if (v->state == PS_SLOT_FLASHING && v->flash_done > 0) {
+			/* the image's size is not known yet: what is done, and how fast */
+			char done[32];
+
+			tui_fmt_size(v->flash_done, done, sizeof(done));
+			snprintf(buf, sizeof(buf), "%s %.1f MB/s  %s", done, v->rate / 1e6, dur);
+		} else {
+			snprintf(buf, sizeof(buf), "%s  %s", v->message, dur);
+		}
 		tui_put(t, y, x, width, buf, A_NORMAL);
 		return;
 	case PS_SLOT_WAITING_SERIAL:
@@ -402,8 +419,7 @@ static void draw_slots(struct tui *t, const struct layout *l)
 		if (l->w[C_CN] > 0)
 			tui_put(t, y, l->x[C_CN], l->w[C_CN], v->common_name, A_NORMAL);
 		snprintf(label, sizeof(label), "%s%s", role == R_PASS || role == R_FAIL ? " " : "",
-			 tui_state_label(v->state, (int)strlen(tui_state_label(v->state, false)) >
-						       l->w[C_STATE]));
+			 slot_label(v, (int)strlen(slot_label(v, false)) > l->w[C_STATE]));
 		if (role == R_PASS || role == R_FAIL)
 			tui_put_pad(t, y, l->x[C_STATE], l->w[C_STATE], label, tui_attr(t, role));
 		else
@@ -606,6 +622,8 @@ static const char *const help_text[] = {
     "  3. A refused serial stays on the input line in red: correct it, Enter.",
     "     A serial provisioned before shows its history and asks y/N first.",
     "  4. PASS or FAIL with the reason; the bell rings. Remove the card.",
+    "  A slot with a golden image flashes it first (FLASHING, then VERIFY",
+    "  IMAGE, with a progress bar: percentage, MB/s, time left).",
     "  Slots work at the same time: insert and scan the next card while others",
     "  are being written. When the station asks for a start, Enter on an empty",
     "  input line (or F5) starts the highlighted or longest waiting slot.",

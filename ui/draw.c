@@ -334,36 +334,35 @@ void tui_progress(const struct tui *t, int y, int x, int width, const struct ps_
 {
 	static const char *const eighths[] = {"",	"\u258f", "\u258e", "\u258d",
 					      "\u258c", "\u258b", "\u258a", "\u2589"};
-	char tail[96], piece[48], bar[256];
+	char pct[16], rate[32] = "", eta[32] = "", tail[96], bar[256];
 	double p = v->progress < 0 ? 0 : v->progress > 1 ? 1 : v->progress;
 	int bar_w, i, used, fill8, room;
 	size_t off = 0;
 
 	/* the bar's width depends only on the column's, so the bars of all rows line up */
-	bar_w = width >= 50 ? 20 : width >= 30 ? 10 : width >= 22 ? 6 : width - 7;
-	if (bar_w < 3) {
+	bar_w = width - 2 - 25 < 3 ? 3 : width - 2 - 25 > 20 ? 20 : width - 2 - 25;
+	room = width - bar_w - 2;
+	if (room < 5) {
 		tui_putf(t, y, x, width, tui_attr(t, R_BUSY), "%3d%%", (int)(p * 100));
 		return;
 	}
-	/* then the percentage, the time left and the rate, as far as they fit */
-	room = width - bar_w - 2;
-	snprintf(tail, sizeof(tail), " %3d%%", (int)(p * 100));
+	/* then the percentage, the rate and the time left, shortened until they fit: "left"
+	 * goes first, then the rate */
+	snprintf(pct, sizeof(pct), " %3d%%", (int)(p * 100));
+	if (v->rate > 0)
+		snprintf(rate, sizeof(rate), v->rate >= 10e6 ? " %.0f MB/s" : " %.1f MB/s",
+			 v->rate / 1e6);
 	if (v->eta >= 0) {
-		char d[32];
-
-		tui_fmt_duration(v->eta, d, sizeof(d));
-		snprintf(piece, sizeof(piece), " %s left", d);
-		if ((int)(strlen(tail) + strlen(piece)) <= room)
-			strncat(tail, piece, sizeof(tail) - strlen(tail) - 1);
+		tui_fmt_duration(v->eta, eta + 1, sizeof(eta) - 1);
+		eta[0] = ' ';
 	}
-	if (v->rate > 0) {
-		char r[32];
-
-		tui_fmt_size((uint64_t)v->rate, r, sizeof(r));
-		snprintf(piece, sizeof(piece), " %s/s", r);
-		if ((int)(strlen(tail) + strlen(piece)) <= room)
-			strncat(tail, piece, sizeof(tail) - strlen(tail) - 1);
-	}
+	snprintf(tail, sizeof(tail), "%s%s%s%s", pct, rate, eta, eta[0] ? " left" : "");
+	if ((int)strlen(tail) > room)
+		snprintf(tail, sizeof(tail), "%s%s%s", pct, rate, eta);
+	if ((int)strlen(tail) > room)
+		snprintf(tail, sizeof(tail), "%s%s", pct, eta);
+	if ((int)strlen(tail) > room)
+		snprintf(tail, sizeof(tail), "%s", pct);
 	fill8 = (int)(p * bar_w * 8 + 0.5);
 	if (t->utf8) {
 		for (i = 0; i < fill8 / 8 && off + 4 < sizeof(bar); i++) {

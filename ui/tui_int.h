@@ -194,7 +194,8 @@ enum tui_time_form {
 	TUI_STAMP,     /* 20261123-120736, for file names */
 };
 void tui_fmt_local_time(time_t when, enum tui_time_form form, char *out, size_t len);
-/* A progress bar with percentage, rate and time left, fitted into width columns. */
+/* A progress bar with percentage, rate (MB/s) and time left, fitted into width columns (at
+ * least 24 for all three). */
 void tui_progress(const struct tui *t, int y, int x, int width, const struct ps_slot_view *v);
 /* Put the terminal cursor at (y, x) after this frame (the field being edited). */
 void tui_cursor(struct tui *t, int y, int x);
