@@ -240,6 +240,7 @@ static void test_safety(const char *root)
 	struct ps_safety_policy fixed_ok = {.allow_fixed = true};
 	struct ps_disk_facts facts;
 	struct ps_err err = {""};
+	char path[1024];
 
 	/* The gate reads /proc/self/mountinfo and /proc/swaps: the test bed's, empty first. */
 	put(root, "/proc/self/mountinfo", "");
@@ -274,7 +275,39 @@ static void test_safety(const char *root)
 	is_int(ps_safety_check("/dev/sdd", NULL, NULL, &err), PS_EUNSAFE,
 	       "safety: a disk with a mounted partition is refused");
 	contains(err.msg, "/dev/sdd1 is mounted on /media/op/STICK", "naming both: %s", err.msg);
+
+	/* btrfs shows an anonymous device number (0:NN): the mount source names the device. */
+	put(root, "/proc/self/mountinfo",
+	    "25 1 252:1 / / rw,relatime - ext4 /dev/vda1 rw\n"
+	    "70 25 0:45 / /srv/my\\040data rw,relatime - btrfs /dev/sdd1 rw,space_cache=v2\n");
+	is_int(ps_safety_check("/dev/sdd", NULL, NULL, &err), PS_EUNSAFE,
+	       "safety: a partition mounted as btrfs (device 0:45) is refused");
+	contains(err.msg, "/dev/sdd1 is mounted on /srv/my data", "through its mount source: %s",
+		 err.msg);
+	put(root, "/proc/self/mountinfo",
+	    "25 1 252:1 / / rw,relatime - ext4 /dev/vda1 rw\n"
+	    "71 25 0:46 / /pool rw,relatime - btrfs /dev/sda rw,space_cache=v2\n");
+	err.msg[0] = '\0';
+	is_int(ps_safety_check("/dev/sdd", NULL, NULL, &err), 0,
+	       "safety: another disk's btrfs does not refuse the stick: %s", err.msg);
+	/* A two-device btrfs mounted through /dev/sda, /dev/sdd1 its second device. */
+	put(root, "/sys/fs/btrfs/4a1e0c55-0b8e-4d3a-9f1e-6c2d7b9e0a11/devices/sda", "");
+	put(root, "/sys/fs/btrfs/4a1e0c55-0b8e-4d3a-9f1e-6c2d7b9e0a11/devices/sdd1", "");
+	is_int(ps_safety_check("/dev/sdd", NULL, NULL, &err), PS_EUNSAFE,
+	       "safety: the second device of a mounted multi-device btrfs is refused");
+	contains(err.msg, "/dev/sdd1 belongs to the btrfs filesystem of /dev/sda, mounted on /pool",
+		 "naming the mounted device: %s", err.msg);
 	put(root, "/proc/self/mountinfo", "");
+	is_int(ps_safety_check("/dev/sdd", NULL, NULL, &err), PS_EUNSAFE,
+	       "safety: a member of a mounted btrfs this mount namespace does not show is refused");
+	contains(err.msg, "belongs to a mounted btrfs filesystem (4a1e0c55-", "saying so: %s",
+		 err.msg);
+	snprintf(path, sizeof(path),
+		 "%s/sys/fs/btrfs/4a1e0c55-0b8e-4d3a-9f1e-6c2d7b9e0a11/devices/", root);
+	unlink(strcat(path, "sdd1"));
+	err.msg[0] = '\0';
+	is_int(ps_safety_check("/dev/sdd", NULL, NULL, &err), 0,
+	       "safety: passes again once it is no btrfs member: %s", err.msg);
 
 	put(root, "/proc/swaps",
 	    "Filename\tType\tSize\tUsed\tPriority\n/dev/sdd\tpartition\t1000\t0\t-2\n");
