@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION	3
+#define SCHEMA_VERSION	4
 #define BUSY_MS_DEFAULT 5000
 
 static const char *const migrations[SCHEMA_VERSION] = {
@@ -88,6 +88,18 @@ static const char *const migrations[SCHEMA_VERSION] = {
     ");"
     "CREATE INDEX preauth_outbox_due ON preauth_outbox(state, next_attempt_ms);"
     "CREATE INDEX preauth_outbox_device ON preauth_outbox(device_serial);",
+    /* 4: serials handed out by sequences (db/sequence.c), reserved before they are used */
+    "CREATE TABLE serial_sequence ("
+    "  id INTEGER PRIMARY KEY,"
+    "  prefix TEXT NOT NULL,"
+    "  number INTEGER NOT NULL,"
+    "  serial TEXT NOT NULL UNIQUE,"
+    "  station_id TEXT NOT NULL,"
+    "  operator TEXT NOT NULL,"
+    "  target TEXT NOT NULL DEFAULT '',"
+    "  reserved_at TEXT NOT NULL,"
+    "  UNIQUE (prefix, number)"
+    ");",
 };
 
 int db_fail(struct ps_db *db, int code, const char *what, struct ps_err *err)

@@ -7,6 +7,7 @@
 #include "preauth.h"
 #include "provision.h"
 #include "safety.h"
+#include "sequence.h"
 #include "slotmatch.h"
 #include "util.h"
 
@@ -203,6 +204,7 @@ struct job {
 	char serial[PS_SERIAL_MAX + 1];
 	struct ps_safety_policy safety;
 	bool is_slot;
+	const char *sequence_prefix; /* the serial comes from this sequence, or NULL */
 };
 
 static void job_observer(enum ps_stage stage, void *user)
@@ -223,6 +225,29 @@ static void job_observer(enum ps_stage stage, void *user)
 		set_state(st, slot, PS_SLOT_PREAUTH_QUEUED,
 			  "remove the card; preauthorization queued");
 	pthread_mutex_unlock(&st->lock);
+}
+
+/* A slot with serial_source = sequence: reserve the next serial in the audit database (on the
+ * job's thread and connection: the allocation is one durable transaction, safe against other
+ * slots and other processes), and show it on the slot. */
+static int take_sequence_serial(struct job *job, struct ps_db *db, struct ps_err *err)
+{
+	struct ps_station *st = job->st;
+	struct ps_audit_context ctx = {st->cfg->station_id, st->cfg->operator_name, st->cfg->batch,
+				       st->ca->fingerprint};
+	struct slot *slot;
+	int rc = ps_db_next_serial(db, job->sequence_prefix, &ctx, job->target, job->serial,
+				   sizeof(job->serial), err);
+
+	pthread_mutex_lock(&st->lock);
+	slot = slot_by_id(st, job->slot_id);
+	if (rc == 0 && slot != NULL) {
+		snprintf(slot->view.serial, sizeof(slot->view.serial), "%s", job->serial);
+		slot->view.generation++;
+		log_locked(st, "%s: serial %s from the sequence", slot->view.name, job->serial);
+	}
+	pthread_mutex_unlock(&st->lock);
+	return rc;
 }
 
 static void *run_job(void *arg)
@@ -247,6 +272,8 @@ static void *run_job(void *arg)
 	int rc;
 
 	rc = ps_db_open(st->cfg->database, &db, &err);
+	if (rc == 0 && job->sequence_prefix != NULL)
+		rc = take_sequence_serial(job, db, &err);
 	if (rc == 0) {
 		req.db = db;
 		rc = ps_provision(&req, &res, &err);
@@ -314,6 +341,9 @@ static int start_job(struct ps_station *st, struct slot *slot, struct ps_err *er
 	job->safety.allow_fixed = slot->conf != NULL && slot->conf->allow_fixed;
 	copy_str(job->target, sizeof(job->target), slot->view.target);
 	snprintf(job->serial, sizeof(job->serial), "%s", slot->view.serial);
+	if (slot->view.serial[0] == '\0' && slot->conf != NULL &&
+	    slot->conf->serial_source == PS_SERIAL_SEQUENCE)
+		job->sequence_prefix = slot->conf->serial_prefix;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	rc = pthread_create(&thread, &attr, run_job, job);
@@ -326,7 +356,9 @@ static int start_job(struct ps_station *st, struct slot *slot, struct ps_err *er
 	slot->view.common_name[0] = '\0';
 	st->jobs_running++;
 	set_state(st, slot, PS_SLOT_PERSONALIZING, "issuing the device identity");
-	log_locked(st, "%s: provisioning %s", slot->view.name, slot->view.serial);
+	log_locked(st, "%s: provisioning %s%s%s", slot->view.name, slot->view.serial,
+		   job->sequence_prefix ? "the next serial of sequence " : "",
+		   job->sequence_prefix ? job->sequence_prefix : "");
 	return 0;
 }
 
@@ -437,10 +469,12 @@ static void disk_added(struct ps_station *st, const struct ps_disk *disk)
 	}
 	log_locked(st, "%s: %s %s %s detected", slot->view.name, disk->node, disk->vendor,
 		   disk->model);
-	/* usb and cid sources give the serial; operator and sequence leave it empty here. */
+	/* usb and cid sources give the serial; operator and sequence leave it empty here (the
+	 * job takes a sequence's next serial when it starts). */
 	if (ps_slot_serial(conf, disk, slot->view.serial, sizeof(slot->view.serial), NULL) < 0)
 		slot->view.serial[0] = '\0';
-	if (conf->serial_source == PS_SERIAL_OPERATOR || slot->view.serial[0] == '\0') {
+	if (conf->serial_source == PS_SERIAL_OPERATOR ||
+	    (slot->view.serial[0] == '\0' && conf->serial_source != PS_SERIAL_SEQUENCE)) {
 		if (conf->serial_source != PS_SERIAL_OPERATOR)
 			log_locked(st, "%s: the device has no %s serial; type it", slot->view.name,
 				   conf->serial_source == PS_SERIAL_USB ? "USB" : "card");
@@ -499,6 +533,16 @@ static void on_hotplug(enum ps_hotplug_event event, const struct ps_disk *disk,
 		break;
 	}
 	pthread_mutex_unlock(&st->lock);
+}
+
+void ps_station_hotplug_event(struct ps_station *st, enum ps_hotplug_event event,
+			      const struct ps_disk *disk, const struct ps_usb_board *board)
+{
+	if ((disk == NULL) !=
+		(event == PS_HOTPLUG_BOARD_ADDED || event == PS_HOTPLUG_BOARD_REMOVED) ||
+	    (board == NULL) == (disk == NULL))
+		return;
+	on_hotplug(event, disk, board, st);
 }
 
 /* The image files already there, in name order (the first waits longest). */

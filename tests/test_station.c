@@ -1,7 +1,8 @@
 /* test_station.c — the station core on virtual slots: image files appearing in the slots
  * directory become slots, a submitted serial runs a job on a worker thread to PASS, a
  * corrupt image FAILs with its reason, serial rules and field-service refusals, the
- * longest-waiting slot gets the next serial, and the log and counts follow. */
+ * longest-waiting slot gets the next serial, and the log and counts follow; slots whose
+ * serials come from a sequence, fed injected hotplug events. */
 #include "station.h"
 #include "tap.h"
 #include "util.h"
@@ -64,6 +65,68 @@ static int run(const char *cmd)
 	return system(cmd);
 }
 
+/* A disk on a slot's port, for injected hotplug events: an image file stands in for it. */
+static void fake_disk(struct ps_disk *disk, const char *file, const char *port)
+{
+	struct stat sb;
+
+	memset(disk, 0, sizeof(*disk));
+	snprintf(disk->node, sizeof(disk->node), "%s", path(file));
+	snprintf(disk->id_path, sizeof(disk->id_path), "%s", port);
+	snprintf(disk->vendor, sizeof(disk->vendor), "Test");
+	snprintf(disk->model, sizeof(disk->model), "Card");
+	snprintf(disk->bus, sizeof(disk->bus), "usb");
+	disk->removable = true;
+	disk->size = stat(disk->node, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+}
+
+/* Two cards inserted at once into two slots whose serials come from the same sequence: both
+ * start without a serial typed, and get two different serials of the sequence. */
+static void test_sequence(struct ps_station *st)
+{
+	struct ps_slot_view a, b;
+	struct ps_disk card_a, card_b;
+	char cmd[2048];
+	long seen = 0;
+
+	snprintf(cmd, sizeof(cmd), "cp --sparse=always %s %s && cp --sparse=always %s %s",
+		 path("b.img"), path("card-a.img"), path("b.img"), path("card-b.img"));
+	ok(run(cmd) == 0, "two cards for the sequence slots");
+	ok(wait_state(st, "seq-a", PS_SLOT_EMPTY, NULL) &&
+	       wait_state(st, "seq-b", PS_SLOT_EMPTY, NULL),
+	   "the sequence slots are empty");
+	fake_disk(&card_a, "card-a.img", "test-port-a");
+	fake_disk(&card_b, "card-b.img", "test-port-b");
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_ADDED, &card_a, NULL);
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_ADDED, &card_b, NULL);
+	ok(wait_state(st, "seq-a", PS_SLOT_PASS, &a), "seq-a PASSes without a typed serial: %s",
+	   a.message);
+	ok(wait_state(st, "seq-b", PS_SLOT_PASS, &b), "seq-b PASSes without a typed serial: %s",
+	   b.message);
+	ok(strncmp(a.serial, "ABC-00000", 9) == 0 && strlen(a.serial) == 10 &&
+	       strncmp(b.serial, "ABC-00000", 9) == 0 && strlen(b.serial) == 10,
+	   "both serials come from the sequence (%s, %s)", a.serial, b.serial);
+	ok(strcmp(a.serial, b.serial) != 0 &&
+	       ((strcmp(a.serial, "ABC-000001") == 0 && strcmp(b.serial, "ABC-000002") == 0) ||
+		(strcmp(a.serial, "ABC-000002") == 0 && strcmp(b.serial, "ABC-000001") == 0)),
+	   "two slots at once: ABC-000001 and ABC-000002, one each");
+	snprintf(cmd, sizeof(cmd), "%s.example.com", a.serial);
+	is_str(a.common_name, cmd, "the certificate names the sequence serial");
+	ok(ps_station_serial_seen(st, a.serial, &seen, NULL) == 0 && seen == 1,
+	   "the audit database has a certificate for %s", a.serial);
+
+	/* The card goes, another comes: the next number. */
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_REMOVED, &card_a, NULL);
+	ok(wait_state(st, "seq-a", PS_SLOT_EMPTY, NULL), "card removed: seq-a is empty");
+	snprintf(cmd, sizeof(cmd), "cp --sparse=always %s %s", path("b.img"), path("card-a.img"));
+	ok(run(cmd) == 0, "a fresh card");
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_ADDED, &card_a, NULL);
+	ok(wait_state(st, "seq-a", PS_SLOT_PASS, &a), "the next card PASSes");
+	is_str(a.serial, "ABC-000003", "with the next serial");
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_REMOVED, &card_a, NULL);
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_REMOVED, &card_b, NULL);
+}
+
 int main(void)
 {
 	struct ps_config cfg;
@@ -94,7 +157,11 @@ int main(void)
 	   "CA: %s", err.msg);
 	snprintf(text, sizeof(text),
 		 "[station]\nid = test-station\ndatabase = %s\nslots_dir = %s\nhotplug = no\n"
-		 "serial_pattern = ^SN-[0-9]{4}$\n[device]\ncommon_name = {serial}.example.com\n",
+		 "serial_pattern = ^SN-[0-9]{4}$\n[device]\ncommon_name = {serial}.example.com\n"
+		 "[slot seq-a]\nports = test-port-a\nserial_source = sequence\n"
+		 "serial_prefix = ABC-\n"
+		 "[slot seq-b]\nports = test-port-b\nserial_source = sequence\n"
+		 "serial_prefix = ABC-\n",
 		 path("audit.db"), path("slots"));
 	ok(ps_config_load_string(&cfg, text, "test", &err) == 0, "config: %s", err.msg);
 	ok(ps_station_open(&cfg, &ca, &st, &err) == 0, "station opens: %s", err.msg);
@@ -158,6 +225,7 @@ int main(void)
 	ok(n == 8 && last > 8, "the log returns the newest lines (%zu, last %llu)", n,
 	   (unsigned long long)last);
 	contains(lines[n - 1], "corrupt.img", "newest line is about the last event");
+	test_sequence(st);
 	ps_station_close(st);
 	ps_config_free(&cfg);
 	ps_ca_free(&ca);
