@@ -25,6 +25,7 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #define LOG_LINES 256
@@ -205,7 +206,13 @@ struct job {
 	struct ps_safety_policy safety;
 	bool is_slot;
 	const char *sequence_prefix; /* the serial comes from this sequence, or NULL */
+	/* The target as the job found it, to tell afterwards whether the card left. */
+	bool target_known;
+	struct stat target_st;
+	char target_size[32]; /* a block device's size in sysfs */
 };
+
+void (*ps_station_stage_hook)(int stage, const char *target);
 
 static void job_observer(enum ps_stage stage, void *user)
 {
@@ -225,6 +232,108 @@ static void job_observer(enum ps_stage stage, void *user)
 		set_state(st, slot, PS_SLOT_PREAUTH_QUEUED,
 			  "remove the card; preauthorization queued");
 	pthread_mutex_unlock(&st->lock);
+	if (ps_station_stage_hook != NULL)
+		ps_station_stage_hook((int)stage, job->target);
+}
+
+/* ---- a card pulled during a job ---------------------------------------------------------- */
+
+/* A block device's size in sysfs (512-byte sectors, as text), "" when sysfs has none. */
+static void block_size_text(dev_t rdev, char *out, size_t len)
+{
+	char path[64];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/size", major(rdev), minor(rdev));
+	out[0] = '\0';
+	f = fopen(path, "re");
+	if (f != NULL) {
+		if (fgets(out, (int)len, f) == NULL)
+			out[0] = '\0';
+		fclose(f);
+	}
+	out[strcspn(out, "\n")] = '\0';
+}
+
+static void note_target(struct job *job)
+{
+	job->target_known = stat(job->target, &job->target_st) == 0;
+	if (job->target_known && S_ISBLK(job->target_st.st_mode))
+		block_size_text(job->target_st.st_rdev, job->target_size, sizeof(job->target_size));
+}
+
+/* True when the job's target is no longer what the job found: the file or device node is
+ * gone or is another one, or the block device finds no medium when opened (the open makes
+ * the kernel check a removable disk's medium) or changed size (a card reader's disk shows 0
+ * once the card is out; a detached loop device too). */
+static bool target_left(const struct job *job)
+{
+	struct stat now;
+	char size[32];
+	int fd;
+
+	if (!job->target_known)
+		return false;
+	if (stat(job->target, &now) != 0)
+		return errno == ENOENT || errno == ENODEV || errno == ENXIO;
+	if (S_ISREG(job->target_st.st_mode))
+		return !S_ISREG(now.st_mode) || now.st_ino != job->target_st.st_ino ||
+		       now.st_dev != job->target_st.st_dev;
+	if (!S_ISBLK(now.st_mode) || now.st_rdev != job->target_st.st_rdev)
+		return true;
+	fd = open(job->target, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOMEDIUM || errno == ENXIO || errno == ENODEV || errno == ENOENT;
+	close(fd);
+	block_size_text(now.st_rdev, size, sizeof(size));
+	return strcmp(size, job->target_size) != 0;
+}
+
+/* A job failed: when its card left the slot during the job (the removal was reported, or the
+ * target is gone or changed now), the reason says so, followed by the error the removal
+ * caused, on the slot, in the log and in the audit row. An I/O error on a block device waits
+ * up to 2 s for the kernel and udev to tell a pulled card. */
+static void explain_removal(struct job *job, struct ps_db *db, int64_t audit_id, int rc,
+			    struct ps_err *err)
+{
+	struct ps_station *st = job->st;
+	struct ps_audit_context ctx = {st->cfg->station_id, st->cfg->operator_name, st->cfg->batch,
+				       st->ca->fingerprint};
+	struct ps_err why = {""};
+	char name[64], reason[sizeof(err->msg)];
+	bool removed = false, is_virtual = false;
+	int tries;
+
+	snprintf(name, sizeof(name), "%.63s", job->target);
+	for (tries = 0;; tries++) {
+		struct slot *slot;
+
+		pthread_mutex_lock(&st->lock);
+		slot = slot_by_id(st, job->slot_id);
+		if (slot != NULL) {
+			removed = slot->removed;
+			is_virtual = slot->view.is_virtual;
+			snprintf(name, sizeof(name), "%s", slot->view.name);
+		}
+		pthread_mutex_unlock(&st->lock);
+		if (!removed)
+			removed = target_left(job);
+		if (removed || rc != PS_EIO || !job->target_known ||
+		    !S_ISBLK(job->target_st.st_mode) || tries == 20)
+			break;
+		usleep(100000);
+	}
+	if (!removed)
+		return;
+	snprintf(reason, sizeof(reason), "%s removed from slot %s during the job: %.*s",
+		 is_virtual ? "image file" : "card", name, (int)(sizeof(reason) / 2), err->msg);
+	memcpy(err->msg, reason, sizeof(err->msg));
+	if (audit_id > 0 && ps_db_restate_failure(db, audit_id, err->msg, &ctx, &why) < 0) {
+		pthread_mutex_lock(&st->lock);
+		log_locked(st, "%s: audit row %lld keeps its first reason: %s", name,
+			   (long long)audit_id, why.msg);
+		pthread_mutex_unlock(&st->lock);
+	}
 }
 
 /* A slot with serial_source = sequence: reserve the next serial in the audit database (on the
@@ -271,12 +380,15 @@ static void *run_job(void *arg)
 	struct slot *slot;
 	int rc;
 
+	note_target(job);
 	rc = ps_db_open(st->cfg->database, &db, &err);
 	if (rc == 0 && job->sequence_prefix != NULL)
 		rc = take_sequence_serial(job, db, &err);
 	if (rc == 0) {
 		req.db = db;
 		rc = ps_provision(&req, &res, &err);
+		if (rc < 0)
+			explain_removal(job, db, res.audit_id, rc, &err);
 	}
 	ps_db_close(db);
 
@@ -433,6 +545,20 @@ static struct slot *slot_for_config(struct ps_station *st, const struct ps_slot_
 	return NULL;
 }
 
+/* A disk changed while a job writes it: a card reader's disk shows size 0 once the card is
+ * out (or another size for another card). The job fails on its next I/O; its reason will
+ * say the card was removed. Called with the lock held. */
+static void medium_changed_during_job(struct ps_station *st, struct slot *slot,
+				      const struct ps_disk *disk)
+{
+	if (strcmp(slot->view.target, disk->node) != 0 ||
+	    (disk->size != 0 && disk->size == slot->view.size) || slot->removed)
+		return;
+	slot->removed = true;
+	log_locked(st, "%s: the card left %s while it was being written", slot->view.name,
+		   disk->node);
+}
+
 /* A disk arrived (or changed). Called with the lock held. */
 static void disk_added(struct ps_station *st, const struct ps_disk *disk)
 {
@@ -443,6 +569,8 @@ static void disk_added(struct ps_station *st, const struct ps_disk *disk)
 
 	if (slot == NULL)
 		slot = conf ? slot_for_config(st, conf) : new_slot(st, disk->node);
+	if (slot != NULL && slot->job_running)
+		medium_changed_during_job(st, slot, disk);
 	if (slot == NULL || slot->job_running)
 		return;
 	slot->removed = false;

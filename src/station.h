@@ -120,6 +120,10 @@ int ps_station_preauth_status(struct ps_station *st, struct ps_preauth_status *o
 void ps_station_hotplug_event(struct ps_station *st, enum ps_hotplug_event event,
 			      const struct ps_disk *disk, const struct ps_usb_board *board);
 
+/* For tests: called on a job's thread each time the job enters a stage of the provisioning
+ * pipeline (enum ps_stage, after the slot shows it), with the job's target. */
+extern void (*ps_station_stage_hook)(int stage, const char *target);
+
 /* The station's audit database connection for the UI thread's own queries (audit view,
  * export). Only the calling thread may use it; jobs use their own connections. */
 struct ps_db *ps_station_ui_db(struct ps_station *st);

@@ -10,6 +10,9 @@
 # or absent (refused before issuance); the image behind the device shows at most leaked
 # counts and bitmaps to e2fsck -fn (or a temporary name naming a deleted inode, counted), its
 # key and certificate parse and match, and it provisions again. PULL_TRIALS (default 12).
+# (The station, which sees the removal, restates such a row's reason as "card removed from
+# slot X during the job: ..."; tests/test_station checks that on a loop device shrunk under
+# a job.)
 . "$SRCDIR/tests/lib.sh"
 need losetup python3 e2fsck debugfs openssl sqlite3 sfdisk mkfs.ext4
 PATH=/usr/sbin:/sbin:$PATH
@@ -30,11 +33,12 @@ printf '{\n  "InventoryPollIntervalSeconds": 28800\n}\n' >"$TMP/main.conf"
 out=$("$SRCDIR/scripts/mkmenderimg.sh" --size 48 --main-conf "$TMP/main.conf" "$TMP/golden.img") ||
 	skip_all "mkmenderimg.sh failed"
 off=$(echo "$out" | awk '$6 == "data" { print $2 }')
-loops=""
-at_exit 'for l in $loops; do losetup -d "$l" 2>/dev/null; done'
+# The devices attached are listed in a file: attach runs in command substitutions (subshells).
+: >"$TMP/loops"
+at_exit 'while read -r l; do losetup -d "$l" 2>/dev/null; done <"$TMP/loops"'
 attach() {
 	l=$(losetup -f --show "$1") || return 1
-	loops="$loops $l"
+	echo "$l" >>"$TMP/loops"
 	echo "$l"
 }
 . "$SRCDIR/tests/imgcheck.sh"

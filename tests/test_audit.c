@@ -187,6 +187,23 @@ static void test_lifecycle(struct ps_db *db)
 	       "the failure reason is kept in the row");
 	is_int(ps_db_set_state(db, b1, PS_STATE_VERIFIED, "", &ctx, &err), PS_EINVAL,
 	       "failed -> verified is refused");
+	ok(ps_db_restate_failure(db, b1,
+				 "card removed from slot front during the job: write failed: p4: "
+				 "I/O error",
+				 &ctx, &err) == 0,
+	   "a failure's reason restated: %s", err.msg);
+	is_str(state_of(db, b1),
+	       "0b01:failed:card removed from slot front during the job: write failed: p4: I/O "
+	       "error",
+	       "the row has the new reason");
+	is_int(ps_db_restate_failure(db, a1, "card removed", &ctx, &err), PS_EINVAL,
+	       "only a failed certificate's reason is restated");
+	{
+		struct ps_db_verify_report rep;
+
+		ok(ps_db_verify(db, &rep, &err) == 0 && rep.events == 6,
+		   "the chain holds the restatement as a sixth event and verifies: %s", err.msg);
+	}
 
 	/* The device is provisioned again: the new certificate supersedes the old one. */
 	at("1795000200");

@@ -2,13 +2,18 @@
  * directory become slots, a submitted serial runs a job on a worker thread to PASS, a
  * corrupt image FAILs with its reason, serial rules and field-service refusals, the
  * longest-waiting slot gets the next serial, and the log and counts follow; slots whose
- * serials come from a sequence, fed injected hotplug events. */
+ * serials come from a sequence, fed injected hotplug events; cards pulled during the job
+ * (an image file deleted, a disk removed, a loop device shrunk) and the audit rows saying so. */
+#include "provision.h"
 #include "station.h"
 #include "tap.h"
 #include "util.h"
 
+#include <fcntl.h>
+#include <linux/loop.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -58,6 +63,15 @@ static int slot_id(struct ps_station *st, const char *name)
 		if (strcmp(views[i].name, name) == 0)
 			return views[i].id;
 	return -1;
+}
+
+static bool wait_gone(struct ps_station *st, const char *name)
+{
+	int tries;
+
+	for (tries = 0; tries < 200 && slot_id(st, name) >= 0; tries++)
+		usleep(100000);
+	return slot_id(st, name) < 0;
 }
 
 static int run(const char *cmd)
@@ -127,6 +141,160 @@ static void test_sequence(struct ps_station *st)
 	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_REMOVED, &card_b, NULL);
 }
 
+/* The card pulled in the middle of a job: when the job whose target is pull_target starts
+ * writing, the stage hook pulls it in the way pull_how says. */
+enum pull_how { PULL_FILE, PULL_FILE_AND_EVENT, PULL_LOOP };
+static const char *pull_target;
+static enum pull_how pull_how;
+static struct ps_station *pull_station;
+static struct ps_disk pull_disk;
+static int pulls;
+
+static void shrink_loop(const char *dev)
+{
+	struct loop_info64 info;
+	int fd = open(dev, O_RDONLY | O_CLOEXEC);
+
+	/* As a card reader does when the card goes: one sector left, reads short, writes fail. */
+	if (fd < 0 || ioctl(fd, LOOP_GET_STATUS64, &info) != 0)
+		printf("# cannot shrink %s\n", dev);
+	info.lo_sizelimit = 512;
+	if (fd >= 0 &&
+	    (ioctl(fd, LOOP_SET_STATUS64, &info) != 0 || ioctl(fd, LOOP_SET_CAPACITY, 0) != 0))
+		printf("# cannot shrink %s\n", dev);
+	if (fd >= 0)
+		close(fd);
+}
+
+static void pull_hook(int stage, const char *target)
+{
+	if (stage != PS_STAGE_WRITING || pull_target == NULL || strcmp(target, pull_target) != 0)
+		return;
+	pulls++;
+	if (pull_how == PULL_LOOP) {
+		shrink_loop(target);
+		return;
+	}
+	if (truncate(target, 0) != 0 || unlink(target) != 0)
+		printf("# cannot pull %s\n", target);
+	if (pull_how == PULL_FILE_AND_EVENT)
+		ps_station_hotplug_event(pull_station, PS_HOTPLUG_DISK_REMOVED, &pull_disk, NULL);
+}
+
+struct audit_row {
+	char state[32], reason[1024];
+	long n;
+};
+
+static int keep_row(const struct ps_cert_row *row, void *user)
+{
+	struct audit_row *r = user;
+
+	snprintf(r->state, sizeof(r->state), "%s", row->state);
+	snprintf(r->reason, sizeof(r->reason), "%s", row->reason);
+	r->n++;
+	return 0;
+}
+
+/* The audit row of serial (the only one), through the station's connection. */
+static struct audit_row audit_row_of(struct ps_station *st, const char *serial)
+{
+	struct ps_db_filter filter = {.device_serial = serial};
+	struct audit_row r;
+
+	memset(&r, 0, sizeof(r));
+	ps_db_each(ps_station_ui_db(st), &filter, keep_row, &r, NULL);
+	return r;
+}
+
+/* A card pulled during the job, three ways: an image file slot's file deleted; a slot's disk
+ * removed (udev's remove event); a loop device in a slot shrunk under the job, no event at
+ * all (root only). Each job FAILs, and its audit row says the card left during the job. */
+static void test_pulled(struct ps_station *st)
+{
+	struct ps_slot_view view;
+	struct audit_row row;
+	char cmd[2048], loop[64] = "";
+	FILE *p;
+
+	ps_station_stage_hook = pull_hook;
+	pull_station = st;
+
+	/* 1. An image file slot whose file goes during the job. */
+	snprintf(cmd, sizeof(cmd), "cp --sparse=always %s %s/pull.img", path("b.img"),
+		 path("slots"));
+	ok(run(cmd) == 0, "an image file for a pull");
+	ok(wait_state(st, "pull.img", PS_SLOT_WAITING_SERIAL, NULL), "pull.img waits for a serial");
+	snprintf(cmd, sizeof(cmd), "%s/pull.img", path("slots"));
+	pull_target = cmd;
+	pull_how = PULL_FILE;
+	ok(ps_station_submit_serial(st, slot_id(st, "pull.img"), "SN-0005", false, NULL) == 0,
+	   "its job starts");
+	ok(wait_gone(st, "pull.img"), "the file is deleted while written: its slot goes");
+	row = audit_row_of(st, "SN-0005");
+	ok(row.n == 1 && strcmp(row.state, "failed") == 0, "the audit row failed (%s)", row.state);
+	contains(row.reason, "image file removed from slot pull.img during the job: ",
+		 "its reason: the file was removed during the job: %s", row.reason);
+	ok(strlen(row.reason) > strlen("image file removed from slot pull.img during the job: "),
+	   "followed by the error it caused");
+
+	/* 2. A slot's disk removed (udev) during the job; the serial comes from a sequence. */
+	snprintf(cmd, sizeof(cmd), "cp --sparse=always %s %s", path("b.img"), path("card-p.img"));
+	ok(run(cmd) == 0, "a card for a pull");
+	fake_disk(&pull_disk, "card-p.img", "test-port-a");
+	snprintf(cmd, sizeof(cmd), "%s", pull_disk.node);
+	pull_target = cmd;
+	pull_how = PULL_FILE_AND_EVENT;
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_ADDED, &pull_disk, NULL);
+	ok(wait_state(st, "seq-a", PS_SLOT_EMPTY, &view) && pulls == 2,
+	   "the card is pulled while written: seq-a is empty again");
+	row = audit_row_of(st, "ABC-000004");
+	ok(row.n == 1 && strcmp(row.state, "failed") == 0, "ABC-000004's audit row failed (%s)",
+	   row.state);
+	contains(row.reason, "card removed from slot seq-a during the job: ",
+		 "its reason: the card was removed during the job: %s", row.reason);
+
+	/* 3. A loop device in slot rig, shrunk to one sector under the job (as a card reader
+	 * does when the card goes), and no hotplug event at all: the station finds it out. */
+	if (geteuid() != 0 || access("/dev/loop-control", F_OK) != 0) {
+		printf("ok %d - # SKIP loop devices need root\n", ++tap_count);
+		goto out;
+	}
+	snprintf(cmd, sizeof(cmd), "cp --sparse=always %s %s && losetup -f --show %s",
+		 path("b.img"), path("loop.img"), path("loop.img"));
+	p = popen(cmd, "r");
+	if (p == NULL || fgets(loop, sizeof(loop), p) == NULL)
+		loop[0] = '\0';
+	if (p != NULL)
+		pclose(p);
+	loop[strcspn(loop, "\n")] = '\0';
+	if (strncmp(loop, "/dev/loop", 9) != 0) {
+		printf("ok %d - # SKIP losetup cannot attach a loop device here\n", ++tap_count);
+		goto out;
+	}
+	memset(&pull_disk, 0, sizeof(pull_disk));
+	snprintf(pull_disk.node, sizeof(pull_disk.node), "%s", loop);
+	pull_disk.size = 64 << 20;
+	pull_target = pull_disk.node;
+	pull_how = PULL_LOOP;
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_ADDED, &pull_disk, NULL);
+	ok(wait_state(st, "rig", PS_SLOT_FAIL, &view) && pulls == 3,
+	   "the loop device shrinks under the job: rig FAILs: %s", view.message);
+	contains(view.message, "card removed from slot rig during the job: ",
+		 "the slot says the card was removed during the job");
+	row = audit_row_of(st, view.serial);
+	ok(row.n == 1 && strcmp(row.state, "failed") == 0, "%s's audit row failed (%s)",
+	   view.serial, row.state);
+	contains(row.reason, "card removed from slot rig during the job: ", "with that reason: %s",
+		 row.reason);
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_REMOVED, &pull_disk, NULL);
+	snprintf(cmd, sizeof(cmd), "losetup -d %s", loop);
+	ok(run(cmd) == 0, "loop device detached");
+out:
+	ps_station_stage_hook = NULL;
+	pull_target = NULL;
+}
+
 int main(void)
 {
 	struct ps_config cfg;
@@ -161,7 +329,9 @@ int main(void)
 		 "[slot seq-a]\nports = test-port-a\nserial_source = sequence\n"
 		 "serial_prefix = ABC-\n"
 		 "[slot seq-b]\nports = test-port-b\nserial_source = sequence\n"
-		 "serial_prefix = ABC-\n",
+		 "serial_prefix = ABC-\n"
+		 "[slot rig]\nports = /dev/loop*\nallow_fixed = yes\nserial_source = sequence\n"
+		 "serial_prefix = RIG-\n",
 		 path("audit.db"), path("slots"));
 	ok(ps_config_load_string(&cfg, text, "test", &err) == 0, "config: %s", err.msg);
 	ok(ps_station_open(&cfg, &ca, &st, &err) == 0, "station opens: %s", err.msg);
@@ -226,6 +396,7 @@ int main(void)
 	   (unsigned long long)last);
 	contains(lines[n - 1], "corrupt.img", "newest line is about the last event");
 	test_sequence(st);
+	test_pulled(st);
 	ps_station_close(st);
 	ps_config_free(&cfg);
 	ps_ca_free(&ca);
