@@ -3,7 +3,8 @@
  * corrupt image FAILs with its reason, serial rules and field-service refusals, the
  * longest-waiting slot gets the next serial, and the log and counts follow; slots whose
  * serials come from a sequence, fed injected hotplug events; cards pulled during the job
- * (an image file deleted, a disk removed, a loop device shrunk) and the audit rows saying so. */
+ * (an image file deleted, a disk removed, a loop device shrunk) and the audit rows saying so;
+ * boards in boot mode: the helper run, the disk on the same port taken, timeout, failure. */
 #include "provision.h"
 #include "station.h"
 #include "tap.h"
@@ -295,6 +296,131 @@ out:
 	pull_target = NULL;
 }
 
+/* Whether the log holds a line that contains text. */
+static bool log_has(struct ps_station *st, const char *text)
+{
+	static char lines[256][256];
+	uint64_t last = 0;
+	size_t n = ps_station_log(st, 0, lines, 256, &last), i;
+
+	for (i = 0; i < n; i++)
+		if (strstr(lines[i], text) != NULL)
+			return true;
+	return false;
+}
+
+/* Wait (up to 20 s) for a log line that contains text. */
+static bool wait_log(struct ps_station *st, const char *text)
+{
+	int tries;
+
+	for (tries = 0; tries < 200 && !log_has(st, text); tries++)
+		usleep(100000);
+	return log_has(st, text);
+}
+
+static struct ps_usb_board make_board(uint16_t pid)
+{
+	struct ps_usb_board b;
+
+	memset(&b, 0, sizeof(b));
+	b.vid = 0x0a5c;
+	b.pid = pid;
+	snprintf(b.port, sizeof(b.port), "1-4");
+	snprintf(b.id_path, sizeof(b.id_path), "test-usb-0:4");
+	return b;
+}
+
+/* A board in boot mode on slot brd's port: the slot shows it and runs its helper, then takes
+ * the disk that appears on the same USB port; a board whose disk never comes, and one whose
+ * helper fails, FAIL with the reason. */
+static void test_boards(struct ps_station *st)
+{
+	struct ps_usb_board board = make_board(0x2711);
+	struct ps_slot_view view;
+	struct ps_disk disk;
+	char cmd[2048], marker[1024] = "";
+	FILE *f;
+	int tries;
+
+	f = fopen(path("helper.sh"), "w");
+	if (f != NULL) {
+		fprintf(f, "echo \"helper for port $1\"\necho \"$1\" > %s.tmp && mv %s.tmp %s\n",
+			path("marker"), path("marker"), path("marker"));
+		fclose(f);
+	}
+	snprintf(cmd, sizeof(cmd), "cp --sparse=always %s %s", path("b.img"), path("emmc.img"));
+	ok(f != NULL && run(cmd) == 0, "a helper script, and an image for the board's disk");
+	ok(wait_state(st, "brd", PS_SLOT_EMPTY, NULL), "slot brd is empty");
+
+	/* 1. The helper runs, the disk appears on the same USB port. */
+	ps_station_hotplug_event(st, PS_HOTPLUG_BOARD_ADDED, NULL, &board);
+	ok(wait_log(st, "brd: board pi on port 1-4: running sh "), "the station runs the helper");
+	for (tries = 0; tries < 200 && access(path("marker"), F_OK) != 0; tries++)
+		usleep(100000);
+	f = fopen(path("marker"), "r");
+	if (f == NULL || fgets(marker, sizeof(marker), f) == NULL)
+		marker[0] = '\0';
+	if (f != NULL)
+		fclose(f);
+	is_str(marker, "1-4\n", "the helper ran with {port}, the board's USB port");
+	ok(wait_log(st, "brd: helper: helper for port 1-4"), "its output is in the log");
+	ok(slot_id(st, "brd") >= 0, "the slot is there");
+	/* The board comes back as a disk: no ID_PATH matching the slot, but on the same port. */
+	ps_station_hotplug_event(st, PS_HOTPLUG_BOARD_REMOVED, NULL, &board);
+	fake_disk(&disk, "emmc.img", "");
+	snprintf(disk.usb_port, sizeof(disk.usb_port), "1-4");
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_ADDED, &disk, NULL);
+	ok(wait_state(st, "brd", PS_SLOT_WAITING_SERIAL, &view),
+	   "the disk on the board's port becomes slot brd's disk: it waits for a serial");
+	is_str(view.target, disk.node, "the slot's target is the board's disk");
+	ok(wait_log(st, "brd: disk "), "the log says the disk appeared on the board's port");
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_CHANGED, &disk, NULL);
+	ok(wait_state(st, "brd", PS_SLOT_WAITING_SERIAL, NULL), "a change keeps it in the slot");
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_REMOVED, &disk, NULL);
+	ok(wait_state(st, "brd", PS_SLOT_EMPTY, NULL), "the disk leaves: empty");
+
+	/* 2. The helper succeeds, no disk comes: FAIL after the board's timeout (1 s). */
+	board = make_board(0x2712);
+	ps_station_hotplug_event(st, PS_HOTPLUG_BOARD_ADDED, NULL, &board);
+	ok(wait_state(st, "brd", PS_SLOT_FAIL, &view), "no disk after the helper: brd FAILs");
+	is_str(view.message,
+	       "board slow on port 1-4: no disk appeared within 1 s after the helper; check the "
+	       "cable and the helper true",
+	       "saying what was awaited and what to check");
+	ok(wait_log(st, "brd: board slow on port 1-4: no disk appeared"), "and logs it");
+	fake_disk(&disk, "emmc.img", "");
+	snprintf(disk.usb_port, sizeof(disk.usb_port), "1-4");
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_ADDED, &disk, NULL);
+	ok(wait_state(st, "brd", PS_SLOT_FAIL, NULL) && slot_id(st, disk.node) >= 0,
+	   "a disk after the timeout is no longer the slot's: not a station slot");
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_REMOVED, &disk, NULL);
+	ps_station_hotplug_event(st, PS_HOTPLUG_BOARD_REMOVED, NULL, &board);
+	ok(wait_state(st, "brd", PS_SLOT_EMPTY, NULL), "the board unplugged: brd is empty");
+
+	/* 3. The helper fails. */
+	board = make_board(0x2713);
+	ps_station_hotplug_event(st, PS_HOTPLUG_BOARD_ADDED, NULL, &board);
+	ok(wait_state(st, "brd", PS_SLOT_FAIL, &view), "a failing helper: brd FAILs");
+	contains(view.message, "board broken on port 1-4: the helper exited with status 3: echo",
+		 "with the helper's exit status: %s", view.message);
+	ok(wait_log(st, "brd: helper: no rpiboot here"), "its stderr is in the log");
+	ps_station_hotplug_event(st, PS_HOTPLUG_BOARD_REMOVED, NULL, &board);
+	ok(wait_state(st, "brd", PS_SLOT_EMPTY, NULL), "unplugged: empty");
+
+	/* 4. A board on no slot's port: its helper does not run. */
+	board = make_board(0x2711);
+	snprintf(board.port, sizeof(board.port), "1-9");
+	snprintf(board.id_path, sizeof(board.id_path), "test-usb-0:9");
+	unlink(path("marker"));
+	ps_station_hotplug_event(st, PS_HOTPLUG_BOARD_ADDED, NULL, &board);
+	ok(wait_log(st, "board pi on port 1-9 (ID_PATH test-usb-0:9): not a station slot"),
+	   "a board on no slot's port is logged as not a station slot");
+	ok(!log_has(st, "board pi on port 1-9: running") && access(path("marker"), F_OK) != 0,
+	   "and its helper does not run");
+	ps_station_hotplug_event(st, PS_HOTPLUG_BOARD_REMOVED, NULL, &board);
+}
+
 int main(void)
 {
 	struct ps_config cfg;
@@ -331,8 +457,13 @@ int main(void)
 		 "[slot seq-b]\nports = test-port-b\nserial_source = sequence\n"
 		 "serial_prefix = ABC-\n"
 		 "[slot rig]\nports = /dev/loop*\nallow_fixed = yes\nserial_source = sequence\n"
-		 "serial_prefix = RIG-\n",
-		 path("audit.db"), path("slots"));
+		 "serial_prefix = RIG-\n"
+		 "[slot brd]\nports = test-usb-0:4:1.0-*\n"
+		 "[board pi]\nusb_id = 0a5c:2711\nhelper = sh %s {port}\ntimeout = 20\n"
+		 "[board slow]\nusb_id = 0a5c:2712\nhelper = true\ntimeout = 1\n"
+		 "[board broken]\nusb_id = 0a5c:2713\n"
+		 "helper = echo 'no rpiboot here' >&2; exit 3\ntimeout = 20\n",
+		 path("audit.db"), path("slots"), path("helper.sh"));
 	ok(ps_config_load_string(&cfg, text, "test", &err) == 0, "config: %s", err.msg);
 	ok(ps_station_open(&cfg, &ca, &st, &err) == 0, "station opens: %s", err.msg);
 	is_int(ps_station_next_waiting(st), -1, "no slot waits yet");
@@ -397,6 +528,7 @@ int main(void)
 	contains(lines[n - 1], "corrupt.img", "newest line is about the last event");
 	test_sequence(st);
 	test_pulled(st);
+	test_boards(st);
 	ps_station_close(st);
 	ps_config_free(&cfg);
 	ps_ca_free(&ca);
