@@ -142,9 +142,32 @@ static void test_sequence(struct ps_station *st)
 	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_REMOVED, &card_b, NULL);
 }
 
+/* Whether the log holds a line that contains text. */
+static bool log_has(struct ps_station *st, const char *text)
+{
+	static char lines[256][256];
+	uint64_t last = 0;
+	size_t n = ps_station_log(st, 0, lines, 256, &last), i;
+
+	for (i = 0; i < n; i++)
+		if (strstr(lines[i], text) != NULL)
+			return true;
+	return false;
+}
+
+/* Wait (up to 20 s) for a log line that contains text. */
+static bool wait_log(struct ps_station *st, const char *text)
+{
+	int tries;
+
+	for (tries = 0; tries < 200 && !log_has(st, text); tries++)
+		usleep(100000);
+	return log_has(st, text);
+}
+
 /* The card pulled in the middle of a job: when the job whose target is pull_target starts
  * writing, the stage hook pulls it in the way pull_how says. */
-enum pull_how { PULL_FILE, PULL_FILE_AND_EVENT, PULL_LOOP };
+enum pull_how { PULL_FILE, PULL_FILE_AND_EVENT, PULL_MEDIUM, PULL_LOOP };
 static const char *pull_target;
 static enum pull_how pull_how;
 static struct ps_station *pull_station;
@@ -174,6 +197,14 @@ static void pull_hook(int stage, const char *target)
 	pulls++;
 	if (pull_how == PULL_LOOP) {
 		shrink_loop(target);
+		return;
+	}
+	if (pull_how == PULL_MEDIUM) {
+		/* A card reader: the disk stays, the medium goes (size 0). */
+		if (truncate(target, 0) != 0)
+			printf("# cannot pull %s\n", target);
+		pull_disk.size = 0;
+		ps_station_hotplug_event(pull_station, PS_HOTPLUG_DISK_CHANGED, &pull_disk, NULL);
 		return;
 	}
 	if (truncate(target, 0) != 0 || unlink(target) != 0)
@@ -255,6 +286,24 @@ static void test_pulled(struct ps_station *st)
 	contains(row.reason, "card removed from slot seq-a during the job: ",
 		 "its reason: the card was removed during the job: %s", row.reason);
 
+	/* 2b. A card reader's card pulled: the disk changes to size 0 during the job. */
+	snprintf(cmd, sizeof(cmd), "cp --sparse=always %s %s", path("b.img"), path("card-m.img"));
+	ok(run(cmd) == 0, "a card in a reader for a pull");
+	fake_disk(&pull_disk, "card-m.img", "test-port-b");
+	snprintf(cmd, sizeof(cmd), "%s", pull_disk.node);
+	pull_target = cmd;
+	pull_how = PULL_MEDIUM;
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_ADDED, &pull_disk, NULL);
+	ok(wait_state(st, "seq-b", PS_SLOT_EMPTY, &view) && pulls == 3,
+	   "the reader's medium goes while written: seq-b is empty again");
+	row = audit_row_of(st, "ABC-000005");
+	ok(row.n == 1 && strcmp(row.state, "failed") == 0, "ABC-000005's audit row failed (%s)",
+	   row.state);
+	contains(row.reason, "card removed from slot seq-b during the job: ",
+		 "its reason: the card was removed during the job: %s", row.reason);
+	ok(wait_log(st, "seq-b: the card left "), "the log says the card left");
+	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_REMOVED, &pull_disk, NULL);
+
 	/* 3. A loop device in slot rig, shrunk to one sector under the job (as a card reader
 	 * does when the card goes), and no hotplug event at all: the station finds it out. */
 	if (geteuid() != 0 || access("/dev/loop-control", F_OK) != 0) {
@@ -279,7 +328,7 @@ static void test_pulled(struct ps_station *st)
 	pull_target = pull_disk.node;
 	pull_how = PULL_LOOP;
 	ps_station_hotplug_event(st, PS_HOTPLUG_DISK_ADDED, &pull_disk, NULL);
-	ok(wait_state(st, "rig", PS_SLOT_FAIL, &view) && pulls == 3,
+	ok(wait_state(st, "rig", PS_SLOT_FAIL, &view) && pulls == 4,
 	   "the loop device shrinks under the job: rig FAILs: %s", view.message);
 	contains(view.message, "card removed from slot rig during the job: ",
 		 "the slot says the card was removed during the job");
@@ -294,29 +343,6 @@ static void test_pulled(struct ps_station *st)
 out:
 	ps_station_stage_hook = NULL;
 	pull_target = NULL;
-}
-
-/* Whether the log holds a line that contains text. */
-static bool log_has(struct ps_station *st, const char *text)
-{
-	static char lines[256][256];
-	uint64_t last = 0;
-	size_t n = ps_station_log(st, 0, lines, 256, &last), i;
-
-	for (i = 0; i < n; i++)
-		if (strstr(lines[i], text) != NULL)
-			return true;
-	return false;
-}
-
-/* Wait (up to 20 s) for a log line that contains text. */
-static bool wait_log(struct ps_station *st, const char *text)
-{
-	int tries;
-
-	for (tries = 0; tries < 200 && !log_has(st, text); tries++)
-		usleep(100000);
-	return log_has(st, text);
 }
 
 static struct ps_usb_board make_board(uint16_t pid)
