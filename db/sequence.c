@@ -19,7 +19,7 @@
  * escaped as one-character classes. */
 static char *glob_for(const char *prefix)
 {
-	char *out = malloc(strlen(prefix) * 3 + 6), *q = out;
+	char *out = malloc(strlen(prefix) * 3 + sizeof("[0-9]*")), *q = out;
 	const char *p;
 
 	if (out == NULL)
@@ -33,7 +33,7 @@ static char *glob_for(const char *prefix)
 			*q++ = *p;
 		}
 	}
-	memcpy(q, "[0-9]*", 7);
+	memcpy(q, "[0-9]*", sizeof("[0-9]*"));
 	return out;
 }
 

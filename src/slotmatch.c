@@ -60,11 +60,9 @@ static bool matches_extension(const char *p, const char *s)
 			s++;
 			break;
 		}
-		case '\\':
-			if (p[1] != '\0')
-				p++;
-			/* fall through */
 		default:
+			if (*p == '\\' && p[1] != '\0')
+				p++; /* an escaped character stands for itself */
 			if (*p != *s)
 				return false;
 			p++;
