@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION	3
+#define SCHEMA_VERSION	4
 #define BUSY_MS_DEFAULT 5000
 
 static const char *const migrations[SCHEMA_VERSION] = {
@@ -88,6 +88,18 @@ static const char *const migrations[SCHEMA_VERSION] = {
     ");"
     "CREATE INDEX preauth_outbox_due ON preauth_outbox(state, next_attempt_ms);"
     "CREATE INDEX preauth_outbox_device ON preauth_outbox(device_serial);",
+    /* 4: serials handed out by sequences (db/sequence.c), reserved before they are used */
+    "CREATE TABLE serial_sequence ("
+    "  id INTEGER PRIMARY KEY,"
+    "  prefix TEXT NOT NULL,"
+    "  number INTEGER NOT NULL,"
+    "  serial TEXT NOT NULL UNIQUE,"
+    "  station_id TEXT NOT NULL,"
+    "  operator TEXT NOT NULL,"
+    "  target TEXT NOT NULL DEFAULT '',"
+    "  reserved_at TEXT NOT NULL,"
+    "  UNIQUE (prefix, number)"
+    ");",
 };
 
 int db_fail(struct ps_db *db, int code, const char *what, struct ps_err *err)
@@ -573,7 +585,7 @@ bool ps_db_transition_allowed(const char *from, const char *to)
  * by, when not NULL, names the certificate that supersedes this one (kept in the event). */
 static int transition(struct ps_db *db, int64_t id, const char *state, const char *reason,
 		      const char *by, const char *now, const struct ps_audit_context *ctx,
-		      struct ps_err *err)
+		      bool restate, struct ps_err *err)
 {
 	struct texts t = {.n = 0};
 	sqlite3_stmt *st = NULL;
@@ -609,7 +621,7 @@ static int transition(struct ps_db *db, int64_t id, const char *state, const cha
 	}
 	sqlite3_finalize(st);
 	st = NULL;
-	if (!ps_db_transition_allowed(from, state)) {
+	if (restate ? strcmp(from, state) != 0 : !ps_db_transition_allowed(from, state)) {
 		rc = ps_fail(err, PS_EINVAL, "certificate %lld is %s; it cannot become %s",
 			     (long long)id, from, state);
 		goto out;
@@ -654,7 +666,25 @@ int ps_db_set_state(struct ps_db *db, int64_t id, const char *state, const char 
 	rc = db_exec(db, "BEGIN IMMEDIATE", err);
 	if (rc < 0)
 		return rc;
-	rc = transition(db, id, state, reason, NULL, now, ctx, err);
+	rc = transition(db, id, state, reason, NULL, now, ctx, false, err);
+	if (rc == 0)
+		rc = db_exec(db, "COMMIT", err);
+	if (rc < 0)
+		db_rollback(db);
+	return rc;
+}
+
+int ps_db_restate_failure(struct ps_db *db, int64_t id, const char *reason,
+			  const struct ps_audit_context *ctx, struct ps_err *err)
+{
+	char now[32];
+	int rc;
+
+	ps_format_time(ps_now(), now);
+	rc = db_exec(db, "BEGIN IMMEDIATE", err);
+	if (rc < 0)
+		return rc;
+	rc = transition(db, id, PS_STATE_FAILED, reason, NULL, now, ctx, true, err);
 	if (rc == 0)
 		rc = db_exec(db, "COMMIT", err);
 	if (rc < 0)
@@ -749,7 +779,7 @@ int ps_db_supersede(struct ps_db *db, const char *device_serial, int64_t keep_id
 	snprintf(reason, sizeof(reason), "by %s", by);
 	for (i = 0; rc == 0 && i < ids.n; i++)
 		rc = transition(db, ids.v[i], revoke ? PS_STATE_REVOKED : PS_STATE_SUPERSEDED,
-				revoke ? "superseded" : reason, by, now, ctx, err);
+				revoke ? "superseded" : reason, by, now, ctx, false, err);
 	if (rc == 0)
 		rc = db_exec(db, "COMMIT", err);
 out:
@@ -983,7 +1013,8 @@ int ps_db_revoke(struct ps_db *db, const struct ps_revoke_request *req,
 			res->already++;
 			continue;
 		}
-		rc = transition(db, ids.v[i], PS_STATE_REVOKED, req->reason, NULL, now, ctx, err);
+		rc = transition(db, ids.v[i], PS_STATE_REVOKED, req->reason, NULL, now, ctx, false,
+				err);
 		res->revoked++;
 	}
 	if (rc == 0)

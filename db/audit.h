@@ -96,6 +96,12 @@ int ps_db_set_state(struct ps_db *db, int64_t id, const char *state, const char 
 		    const struct ps_audit_context *ctx, struct ps_err *err);
 bool ps_db_transition_allowed(const char *from, const char *to);
 
+/* A failed certificate's reason, when more is learnt after the fact (the station finds that
+ * the card was pulled during the job): the row takes the new reason and the chain one more
+ * "failed" event holding it. PS_EINVAL when the certificate is not failed. */
+int ps_db_restate_failure(struct ps_db *db, int64_t id, const char *reason,
+			  const struct ps_audit_context *ctx, struct ps_err *err);
+
 /* After keep_id was provisioned for device_serial: every other certificate of the device in
  * state issued, written or verified becomes superseded (reason "by <cert serial of keep_id>"),
  * or, when revoke, revoked with reason "superseded"; one event each, in one transaction. */

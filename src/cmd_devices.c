@@ -151,18 +151,38 @@ static void print_disk(const struct ps_disk *disk, const struct disk_view *view)
 	printf("  safety    %s%s\n", view->safe ? "" : "refused: ", view->safety);
 }
 
+/* The helper command the station would run for a board: expanded, "(none)", or why not. */
+static void helper_text(const struct ps_board_config *bc, const struct ps_usb_board *board,
+			char *out, size_t len)
+{
+	struct ps_err err = {""};
+
+	if (bc == NULL)
+		snprintf(out, len, "(not a configured board)");
+	else if (ps_board_helper_command(bc, board, out, len, &err) < 0)
+		snprintf(out, len, "(%s)", err.msg);
+	else if (out[0] == '\0')
+		snprintf(out, len, "(none)");
+}
+
 static void print_board(const struct ps_config *cfg, const struct ps_usb_board *board)
 {
 	const struct ps_board_config *bc = ps_board_for_usb_id(cfg, board->vid, board->pid);
 	const struct ps_slot_config *slot = ps_slot_for_board(cfg, board);
+	char helper[2048];
 
+	helper_text(bc, board, helper, sizeof(helper));
 	printf("USB board %04x:%04x at port %s\n", board->vid, board->pid, board->port);
 	printf("  ID_PATH   %s\n", board->id_path[0] ? board->id_path : "(none)");
 	printf("  serial    %s\n", board->serial[0] ? board->serial : "(none)");
-	if (bc != NULL)
-		printf("  board     %s (helper: %s; %ld s for its disk to appear)\n", bc->name,
-		       bc->helper[0] ? bc->helper : "none", bc->timeout);
-	printf("  slot      %s\n", slot != NULL ? slot->name : "not a station slot");
+	if (bc != NULL) {
+		printf("  board     %s, in a boot or recovery mode\n", bc->name);
+		printf("  helper    %s\n", helper);
+		printf("  then      %ld s for a disk to appear on port %s\n", bc->timeout,
+		       board->port);
+	}
+	printf("  slot      %s%s\n", slot != NULL ? slot->name : "not a station slot",
+	       slot == NULL && bc != NULL ? " (the helper does not run)" : "");
 }
 
 /* A JSON string; bytes jansson refuses (not UTF-8) cannot occur: hotplug keeps text ASCII. */
@@ -239,6 +259,18 @@ static json_t *board_json(const struct ps_config *cfg, const struct ps_usb_board
 	json_object_set_new(o, "id_path", jstr_or_null(board->id_path));
 	json_object_set_new(o, "syspath", jstr(board->syspath));
 	json_object_set_new(o, "board", bc ? jstr(bc->name) : json_null());
+	if (bc != NULL) {
+		char helper[2048];
+		struct ps_err err = {""};
+
+		if (ps_board_helper_command(bc, board, helper, sizeof(helper), &err) < 0)
+			snprintf(helper, sizeof(helper), "(%s)", err.msg);
+		json_object_set_new(o, "helper", jstr_or_null(helper));
+		json_object_set_new(o, "timeout", json_integer(bc->timeout));
+	} else {
+		json_object_set_new(o, "helper", json_null());
+		json_object_set_new(o, "timeout", json_null());
+	}
 	json_object_set_new(o, "slot", slot ? jstr(slot->name) : json_null());
 	return o;
 }
@@ -324,6 +356,12 @@ static void print_event(struct devices_ctx *ctx, enum ps_hotplug_event event,
 		print_kv("ID_PATH", board->id_path);
 		print_kv("board", bc ? bc->name : "");
 		print_kv("slot", slot ? slot->name : "");
+		if (!gone && bc != NULL) {
+			char helper[2048];
+
+			helper_text(bc, board, helper, sizeof(helper));
+			print_kv("helper", helper);
+		}
 		putchar('\n');
 	}
 	fflush(stdout);

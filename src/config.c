@@ -557,6 +557,26 @@ static int check_flash(const struct ps_config *cfg, const char *name, struct ps_
 	return 0;
 }
 
+/* A sequence's prefix must make usable serials: "PREFIX000001" passes ps_check_serial. */
+static int check_sequences(const struct ps_config *cfg, const char *name, struct ps_err *err)
+{
+	char serial[PS_SERIAL_MAX * 2 + 8];
+	int i, rc;
+
+	for (i = 0; i < cfg->n_slots; i++) {
+		const struct ps_slot_config *slot = &cfg->slots[i];
+
+		if (slot->serial_source != PS_SERIAL_SEQUENCE)
+			continue;
+		snprintf(serial, sizeof(serial), "%.*s000001", PS_SERIAL_MAX + 1,
+			 slot->serial_prefix);
+		rc = ps_check_serial(serial, err);
+		if (rc < 0)
+			return ps_prefix(err, rc, "%s: [slot %s] serial_prefix", name, slot->name);
+	}
+	return 0;
+}
+
 /* Checks that span settings, after the file is read. */
 static int check_config(struct ps_config *cfg, const char *name, struct ps_err *err)
 {
@@ -580,6 +600,8 @@ static int check_config(struct ps_config *cfg, const char *name, struct ps_err *
 		rc = check_preauth(cfg, name, err);
 	if (rc == 0)
 		rc = check_flash(cfg, name, err);
+	if (rc == 0)
+		rc = check_sequences(cfg, name, err);
 out:
 	X509_NAME_free(subject);
 	return rc;

@@ -109,28 +109,149 @@ static bool dev_numbers(const char *disk, const char *part, unsigned *major, uns
 	return rc == 0 && sscanf(line, "%u:%u", major, minor) == 2;
 }
 
-/* Where a device number is mounted, from mountinfo ("" when nowhere). */
-static bool mounted_at(unsigned major, unsigned minor, char *where, size_t len)
+/* Undo mountinfo's octal escapes ("\\040" for a blank) in place. */
+static void unescape(char *s)
 {
-	char path[PATH_MAX], line[4096];
+	char *out = s;
+
+	while (*s != '\0') {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+		    s[3] >= '0' && s[3] <= '7') {
+			*out++ = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+			s += 4;
+		} else {
+			*out++ = *s++;
+		}
+	}
+	*out = '\0';
+}
+
+/* The kernel name of a block device number ("sdb1"), from /sys/dev/block/M:m. */
+static bool kernel_name(unsigned major, unsigned minor, char *name, size_t len)
+{
+	char path[PATH_MAX], target[PATH_MAX];
+	const char *base;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "%s/sys/dev/block/%u:%u", ps_safety_root, major, minor);
+	n = readlink(path, target, sizeof(target) - 1);
+	if (n <= 0)
+		return false;
+	target[n] = '\0';
+	base = strrchr(target, '/');
+	base = base ? base + 1 : target;
+	return snprintf(name, len, "%s", base) < (int)len;
+}
+
+/* The btrfs filesystem that has name among its devices (/sys/fs/btrfs/FSID/devices/NAME; the
+ * kernel lists mounted btrfs filesystems there, every member device of each): its fsid and
+ * the NUL-separated names of all its member devices. */
+static bool btrfs_members(const char *name, char *fsid, size_t fsid_len, char *members, size_t len)
+{
+	char path[PATH_MAX];
+	struct dirent *de;
+	bool found = false;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "%s/sys/fs/btrfs", ps_safety_root);
+	dir = opendir(path);
+	if (dir == NULL)
+		return false;
+	while (!found && (de = readdir(dir)) != NULL) {
+		char probe[PATH_MAX];
+		struct dirent *m;
+		size_t used = 0;
+		DIR *devs;
+
+		if (de->d_name[0] == '.' ||
+		    snprintf(probe, sizeof(probe), "%s/sys/fs/btrfs/%s/devices/%s", ps_safety_root,
+			     de->d_name, name) >= (int)sizeof(probe) ||
+		    access(probe, F_OK) != 0)
+			continue;
+		found = true;
+		snprintf(fsid, fsid_len, "%s", de->d_name);
+		snprintf(probe, sizeof(probe), "%s/sys/fs/btrfs/%s/devices", ps_safety_root,
+			 de->d_name);
+		devs = opendir(probe);
+		while (devs != NULL && (m = readdir(devs)) != NULL) {
+			size_t n = strlen(m->d_name) + 1;
+
+			if (m->d_name[0] == '.' || used + n + 1 > len)
+				continue;
+			memcpy(members + used, m->d_name, n);
+			used += n;
+		}
+		if (devs != NULL)
+			closedir(devs);
+		members[used] = '\0';
+	}
+	closedir(dir);
+	return found;
+}
+
+static bool in_list(const char *list, const char *name)
+{
+	for (; *list != '\0'; list += strlen(list) + 1)
+		if (strcmp(list, name) == 0)
+			return true;
+	return false;
+}
+
+/* Whether the device (kernel name, major:minor) is mounted, from mountinfo, and how, as the
+ * end of a sentence into how ("/dev/sdb1 is mounted on /media/x"). A line matches on its
+ * device number, or on its mount source (the field after " - fstype ") when that names a
+ * block device in /dev/ with the same number: btrfs and other filesystems show an anonymous
+ * 0:NN device number. For btrfs every member device of the filesystem counts, so a disk
+ * that is the second device of a mounted multi-device btrfs is caught too; and a device the
+ * kernel lists under a mounted btrfs counts even when this mount namespace does not show the
+ * mount. */
+static bool mounted(const char *name, unsigned major, unsigned minor, char *how, size_t len)
+{
+	char path[PATH_MAX], line[4096], fsid[256] = "", members[4096] = "";
+	bool btrfs = btrfs_members(name, fsid, sizeof(fsid), members, sizeof(members) - 1);
 	bool found = false;
 	FILE *f;
 
 	snprintf(path, sizeof(path), "%s/proc/self/mountinfo", ps_safety_root);
 	f = fopen(path, "re");
-	if (f == NULL)
-		return false;
-	while (!found && fgets(line, sizeof(line), f) != NULL) {
+	while (f != NULL && !found && fgets(line, sizeof(line), f) != NULL) {
+		char mount_point[1024], fstype[64] = "", source[1024] = "", via[64] = "";
+		const char *tail = strstr(line, " - ");
 		unsigned ma, mi;
-		char mount_point[1024];
+		struct stat st;
 
-		if (sscanf(line, "%*s %*s %u:%u %*s %1023s", &ma, &mi, mount_point) == 3 &&
-		    ma == major && mi == minor) {
-			snprintf(where, len, "%s", mount_point);
+		if (sscanf(line, "%*s %*s %u:%u %*s %1023s", &ma, &mi, mount_point) != 3)
+			continue;
+		unescape(mount_point);
+		if (tail != NULL && sscanf(tail, " - %63s %1023s", fstype, source) == 2)
+			unescape(source);
+		if (ma == major && mi == minor) {
 			found = true;
+		} else if (strncmp(source, "/dev/", 5) == 0 && stat(source, &st) == 0 &&
+			   S_ISBLK(st.st_mode)) {
+			if (major(st.st_rdev) == major && minor(st.st_rdev) == minor)
+				found = true;
+			else if (btrfs && strcmp(fstype, "btrfs") == 0 &&
+				 kernel_name(major(st.st_rdev), minor(st.st_rdev), via,
+					     sizeof(via)) &&
+				 in_list(members, via))
+				found = true;
 		}
+		if (found && via[0] != '\0')
+			snprintf(
+			    how, len,
+			    "/dev/%s belongs to the btrfs filesystem of /dev/%s, mounted on %s",
+			    name, via, mount_point);
+		else if (found)
+			snprintf(how, len, "/dev/%s is mounted on %s", name, mount_point);
 	}
-	fclose(f);
+	if (f != NULL)
+		fclose(f);
+	if (!found && btrfs) {
+		snprintf(how, len, "/dev/%s belongs to a mounted btrfs filesystem (%s)", name,
+			 fsid);
+		found = true;
+	}
 	return found;
 }
 
@@ -158,7 +279,7 @@ static bool used_as_swap(unsigned major, unsigned minor)
 /* Check the disk and each of its partitions: mounted, swap, held, or the system's root. */
 static int check_in_use(const char *disk, const char *node, struct ps_err *err)
 {
-	char parts[4096], where[1024], holder[64];
+	char parts[4096], how[1600], holder[64];
 	size_t used = list_partitions(disk, parts, sizeof(parts)), off = 0;
 	struct stat root;
 	unsigned major, minor;
@@ -174,10 +295,8 @@ static int check_in_use(const char *disk, const char *node, struct ps_err *err)
 				    err, PS_EUNSAFE,
 				    "%s holds the running system (/dev/%s is mounted on /)", node,
 				    name);
-			if (mounted_at(major, minor, where, sizeof(where)))
-				return ps_fail(err, PS_EUNSAFE,
-					       "%s is in use: /dev/%s is mounted on %s", node, name,
-					       where);
+			if (mounted(name, major, minor, how, sizeof(how)))
+				return ps_fail(err, PS_EUNSAFE, "%s is in use: %s", node, how);
 			if (used_as_swap(major, minor))
 				return ps_fail(err, PS_EUNSAFE, "%s is in use: /dev/%s is swap",
 					       node, name);

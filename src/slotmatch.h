@@ -22,9 +22,25 @@ bool ps_slot_port_matches(const char *pattern, const char *id_path, const char *
 const struct ps_slot_config *ps_slot_for_disk(const struct ps_config *cfg,
 					      const struct ps_disk *disk);
 
-/* The same for a USB board: its ID_PATH ("pci-0000:00:14.0-usb-0:2") against the ports. */
+/* The same for a USB board: a ports pattern that matches its ID_PATH
+ * ("pci-0000:00:14.0-usb-0:2"), or could match the ID_PATH of a disk under it (one that
+ * starts with "pci-0000:00:14.0-usb-0:2:", as "pci-0000:00:14.0-usb-0:2:1.0-*" does): the
+ * slot that the disk the board becomes will be in. */
 const struct ps_slot_config *ps_slot_for_board(const struct ps_config *cfg,
 					       const struct ps_usb_board *board);
+
+/* Whether a disk hangs on the same physical USB port as a board: the same bus-port path
+ * ("1-2.3"), or an ID_PATH under the board's ("pci-...-usb-0:2.3:1.0-scsi-0:0:0:0" under
+ * "pci-...-usb-0:2.3"). The board re-enumerates as another USB device once its helper ran,
+ * on the same port. */
+bool ps_disk_under_board(const struct ps_disk *disk, const struct ps_usb_board *board);
+
+/* The helper command of a [board NAME] for one board, into out: the configured helper with
+ * {port} (bus-port path, "1-2.3"), {id_path}, {serial}, {vid} and {pid} (4 hex digits)
+ * replaced by the board's values, each single-quoted for sh (so do not quote them in the
+ * configuration). "" when the board has no helper. PS_EINVAL when it does not fit. */
+int ps_board_helper_command(const struct ps_board_config *bc, const struct ps_usb_board *board,
+			    char *out, size_t len, struct ps_err *err);
 
 /* The [board NAME] whose usb_id lists vid:pid, or NULL. */
 const struct ps_board_config *ps_board_for_usb_id(const struct ps_config *cfg, uint16_t vid,

@@ -7,6 +7,7 @@
 #include "preauth.h"
 #include "provision.h"
 #include "safety.h"
+#include "sequence.h"
 #include "slotmatch.h"
 #include "util.h"
 
@@ -17,6 +18,8 @@
 #include <poll.h>
 #include <pthread.h>
 #include <regex.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +27,8 @@
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define LOG_LINES 256
@@ -38,6 +43,11 @@ struct slot {
 	bool removed;	      /* the device left while a job ran on it */
 	bool reprovision;     /* the operator confirmed a serial seen before */
 	time_t waiting_since; /* when it started to wait for a serial */
+	/* A board in a boot mode on the slot's port: its helper runs, then the disk that appears
+	 * on the same USB port becomes the slot's disk (see "boards" below). */
+	struct ps_usb_board board;
+	uint64_t board_wait; /* nonzero while the slot waits for the board's disk */
+	bool board_disk;     /* the slot's disk came from a board (its ID_PATH may match no port) */
 };
 
 struct ps_station {
@@ -62,6 +72,10 @@ struct ps_station {
 	struct ps_hotplug *hotplug;
 	pthread_t watcher;
 	bool watcher_started;
+	pthread_cond_t board_cond; /* a board's wait ended, a helper finished, or closing */
+	uint64_t board_waits;	   /* numbers the waits for boards' disks */
+	long helpers_running;
+	bool closing;
 	struct ps_preauth_worker *preauth; /* NULL when [preauth] is off */
 };
 
@@ -207,8 +221,15 @@ struct job {
 	bool is_slot;
 	/* The golden image flashed first (configuration strings: they outlive the job), or NULL */
 	const char *flash_image, *flash_bmap;
-	double flash_notified; /* when its progress last woke the front end */
+	double flash_notified;	     /* when its progress last woke the front end */
+	const char *sequence_prefix; /* the serial comes from this sequence, or NULL */
+	/* The target as the job found it, to tell afterwards whether the card left. */
+	bool target_known;
+	struct stat target_st;
+	char target_size[32]; /* a block device's size in sysfs */
 };
+
+void (*ps_station_stage_hook)(int stage, const char *target);
 
 static double monotonic(void)
 {
@@ -240,12 +261,15 @@ static void job_flash_setup(struct ps_station *st, const struct slot *slot, stru
 }
 
 /* The state a job starts in, and its log line. Called with the lock held. */
-static void job_first_state(struct ps_station *st, struct slot *slot, const char *flash_image)
+static void job_first_state(struct ps_station *st, struct slot *slot, const char *flash_image,
+			    const char *sequence_prefix)
 {
 	char msg[sizeof(slot->view.message)];
 
-	log_locked(st, "%s: provisioning %s%s%s", slot->view.name, slot->view.serial,
-		   flash_image ? ", flashing " : "", flash_image ? base_name(flash_image) : "");
+	log_locked(st, "%s: provisioning %s%s%s%s%s", slot->view.name, slot->view.serial,
+		   sequence_prefix ? "the next serial of sequence " : "",
+		   sequence_prefix ? sequence_prefix : "", flash_image ? ", flashing " : "",
+		   flash_image ? base_name(flash_image) : "");
 	if (flash_image == NULL) {
 		set_state(st, slot, PS_SLOT_PERSONALIZING, "issuing the device identity");
 		return;
@@ -327,6 +351,131 @@ static void job_observer(enum ps_stage stage, void *user)
 		set_state(st, slot, PS_SLOT_PREAUTH_QUEUED,
 			  "remove the card; preauthorization queued");
 	pthread_mutex_unlock(&st->lock);
+	if (ps_station_stage_hook != NULL)
+		ps_station_stage_hook((int)stage, job->target);
+}
+
+/* ---- a card pulled during a job ---------------------------------------------------------- */
+
+/* A block device's size in sysfs (512-byte sectors, as text), "" when sysfs has none. */
+static void block_size_text(dev_t rdev, char *out, size_t len)
+{
+	char path[64];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/dev/block/%u:%u/size", major(rdev), minor(rdev));
+	out[0] = '\0';
+	f = fopen(path, "re");
+	if (f != NULL) {
+		if (fgets(out, (int)len, f) == NULL)
+			out[0] = '\0';
+		fclose(f);
+	}
+	out[strcspn(out, "\n")] = '\0';
+}
+
+static void note_target(struct job *job)
+{
+	job->target_known = stat(job->target, &job->target_st) == 0;
+	if (job->target_known && S_ISBLK(job->target_st.st_mode))
+		block_size_text(job->target_st.st_rdev, job->target_size, sizeof(job->target_size));
+}
+
+/* True when the job's target is no longer what the job found: the file or device node is
+ * gone or is another one, or the block device finds no medium when opened (the open makes
+ * the kernel check a removable disk's medium) or changed size (a card reader's disk shows 0
+ * once the card is out; a detached loop device too). */
+static bool target_left(const struct job *job)
+{
+	struct stat now;
+	char size[32];
+	int fd;
+
+	if (!job->target_known)
+		return false;
+	if (stat(job->target, &now) != 0)
+		return errno == ENOENT || errno == ENODEV || errno == ENXIO;
+	if (S_ISREG(job->target_st.st_mode))
+		return !S_ISREG(now.st_mode) || now.st_ino != job->target_st.st_ino ||
+		       now.st_dev != job->target_st.st_dev;
+	if (!S_ISBLK(now.st_mode) || now.st_rdev != job->target_st.st_rdev)
+		return true;
+	fd = open(job->target, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOMEDIUM || errno == ENXIO || errno == ENODEV || errno == ENOENT;
+	close(fd);
+	block_size_text(now.st_rdev, size, sizeof(size));
+	return strcmp(size, job->target_size) != 0;
+}
+
+/* A job failed: when its card left the slot during the job (the removal was reported, or the
+ * target is gone or changed now), the reason says so, followed by the error the removal
+ * caused, on the slot, in the log and in the audit row. An I/O error on a block device waits
+ * up to 2 s for the kernel and udev to tell a pulled card. */
+static void explain_removal(struct job *job, struct ps_db *db, int64_t audit_id, int rc,
+			    struct ps_err *err)
+{
+	struct ps_station *st = job->st;
+	struct ps_audit_context ctx = {st->cfg->station_id, st->cfg->operator_name, st->cfg->batch,
+				       st->ca->fingerprint};
+	struct ps_err why = {""};
+	char name[64], reason[sizeof(err->msg)];
+	bool removed = false, is_virtual = false;
+	int tries;
+
+	snprintf(name, sizeof(name), "%.63s", job->target);
+	for (tries = 0;; tries++) {
+		struct slot *slot;
+
+		pthread_mutex_lock(&st->lock);
+		slot = slot_by_id(st, job->slot_id);
+		if (slot != NULL) {
+			removed = slot->removed;
+			is_virtual = slot->view.is_virtual;
+			snprintf(name, sizeof(name), "%s", slot->view.name);
+		}
+		pthread_mutex_unlock(&st->lock);
+		if (!removed)
+			removed = target_left(job);
+		if (removed || rc != PS_EIO || !job->target_known ||
+		    !S_ISBLK(job->target_st.st_mode) || tries == 20)
+			break;
+		usleep(100000);
+	}
+	if (!removed)
+		return;
+	snprintf(reason, sizeof(reason), "%s removed from slot %s during the job: %.*s",
+		 is_virtual ? "image file" : "card", name, (int)(sizeof(reason) / 2), err->msg);
+	memcpy(err->msg, reason, sizeof(err->msg));
+	if (audit_id > 0 && ps_db_restate_failure(db, audit_id, err->msg, &ctx, &why) < 0) {
+		pthread_mutex_lock(&st->lock);
+		log_locked(st, "%s: audit row %lld keeps its first reason: %s", name,
+			   (long long)audit_id, why.msg);
+		pthread_mutex_unlock(&st->lock);
+	}
+}
+
+/* A slot with serial_source = sequence: reserve the next serial in the audit database (on the
+ * job's thread and connection: the allocation is one durable transaction, safe against other
+ * slots and other processes), and show it on the slot. */
+static int take_sequence_serial(struct job *job, struct ps_db *db, struct ps_err *err)
+{
+	struct ps_station *st = job->st;
+	struct ps_audit_context ctx = {st->cfg->station_id, st->cfg->operator_name, st->cfg->batch,
+				       st->ca->fingerprint};
+	struct slot *slot;
+	int rc = ps_db_next_serial(db, job->sequence_prefix, &ctx, job->target, job->serial,
+				   sizeof(job->serial), err);
+
+	pthread_mutex_lock(&st->lock);
+	slot = slot_by_id(st, job->slot_id);
+	if (rc == 0 && slot != NULL) {
+		snprintf(slot->view.serial, sizeof(slot->view.serial), "%s", job->serial);
+		slot->view.generation++;
+		log_locked(st, "%s: serial %s from the sequence", slot->view.name, job->serial);
+	}
+	pthread_mutex_unlock(&st->lock);
+	return rc;
 }
 
 static void *run_job(void *arg)
@@ -355,10 +504,15 @@ static void *run_job(void *arg)
 	int rc;
 
 	memset(&res, 0, sizeof(res));
+	note_target(job);
 	rc = ps_db_open(st->cfg->database, &db, &err);
+	if (rc == 0 && job->sequence_prefix != NULL)
+		rc = take_sequence_serial(job, db, &err);
 	if (rc == 0) {
 		req.db = db;
 		rc = ps_provision(&req, &res, &err);
+		if (rc < 0)
+			explain_removal(job, db, res.audit_id, rc, &err);
 	}
 	ps_db_close(db);
 
@@ -413,7 +567,7 @@ static void *run_job(void *arg)
 static int start_job(struct ps_station *st, struct slot *slot, struct ps_err *err)
 {
 	struct job *job = calloc(1, sizeof(*job));
-	const char *flash_image;
+	const char *flash_image, *sequence_prefix;
 	pthread_attr_t attr;
 	pthread_t thread;
 	int rc;
@@ -427,7 +581,12 @@ static int start_job(struct ps_station *st, struct slot *slot, struct ps_err *er
 	copy_str(job->target, sizeof(job->target), slot->view.target);
 	snprintf(job->serial, sizeof(job->serial), "%s", slot->view.serial);
 	job_flash_setup(st, slot, job);
-	flash_image = job->flash_image; /* job belongs to its thread once started */
+	if (slot->view.serial[0] == '\0' && slot->conf != NULL &&
+	    slot->conf->serial_source == PS_SERIAL_SEQUENCE)
+		job->sequence_prefix = slot->conf->serial_prefix;
+	/* job belongs to its thread once started */
+	flash_image = job->flash_image;
+	sequence_prefix = job->sequence_prefix;
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	rc = pthread_create(&thread, &attr, run_job, job);
@@ -439,7 +598,7 @@ static int start_job(struct ps_station *st, struct slot *slot, struct ps_err *er
 	slot->job_running = true;
 	slot->view.common_name[0] = '\0';
 	st->jobs_running++;
-	job_first_state(st, slot, flash_image);
+	job_first_state(st, slot, flash_image, sequence_prefix);
 	return 0;
 }
 
@@ -514,16 +673,395 @@ static struct slot *slot_for_config(struct ps_station *st, const struct ps_slot_
 	return NULL;
 }
 
+/* ---- boards in a boot mode ------------------------------------------------------------- */
+/* A USB board of a [board NAME] appears on a slot's port: the slot shows it, its helper runs
+ * on a thread of its own (/bin/sh -c, output into the log), then the slot waits for the disk
+ * that appears on the same USB port, at most the board's timeout. */
+
+struct helper_job {
+	struct ps_station *st;
+	int slot_id;
+	uint64_t wait;
+	char slot[64], board[64], port[64];
+	char command[2048];
+	long timeout;
+};
+
+static long ms_until(const struct timespec *deadline)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (long)(deadline->tv_sec - now.tv_sec) * 1000 +
+	       (deadline->tv_nsec - now.tv_nsec) / 1000000;
+}
+
+/* Log a line of the helper's output, control characters shown as '?'. */
+static void helper_line(struct helper_job *hj, char *line)
+{
+	char *p;
+
+	for (p = line; *p != '\0'; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
+	pthread_mutex_lock(&hj->st->lock);
+	log_locked(hj->st, "%s: helper: %s", hj->slot, line);
+	pthread_mutex_unlock(&hj->st->lock);
+}
+
+/* Run the helper: /bin/sh -c COMMAND in a process group of its own, stdin /dev/null, stdout
+ * and stderr line by line into the log. It is killed (the whole group) when it runs longer
+ * than the board's timeout (*killed) or the station closes. *status: waitpid's. */
+static int run_helper(struct helper_job *hj, int *status, bool *killed, struct ps_err *err)
+{
+	char sh[] = "/bin/sh", dash_c[] = "-c";
+	char *argv[] = {sh, dash_c, hj->command, NULL};
+	posix_spawn_file_actions_t actions;
+	posix_spawnattr_t attr;
+	struct timespec deadline;
+	sigset_t none, defaults;
+	char buf[4096];
+	size_t used = 0;
+	bool exited = false, open_pipe = true;
+	int pipefd[2], rc;
+	pid_t pid;
+
+	*killed = false;
+	if (pipe2(pipefd, O_CLOEXEC) != 0)
+		return ps_fail(err, PS_EIO, "cannot run the helper: %s", strerror(errno));
+	sigemptyset(&none);
+	sigemptyset(&defaults);
+	sigaddset(&defaults, SIGPIPE);
+	sigaddset(&defaults, SIGINT);
+	sigaddset(&defaults, SIGTERM);
+	sigaddset(&defaults, SIGCHLD);
+	posix_spawn_file_actions_init(&actions);
+	posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_adddup2(&actions, pipefd[1], 1);
+	posix_spawn_file_actions_adddup2(&actions, pipefd[1], 2);
+	posix_spawnattr_init(&attr);
+	posix_spawnattr_setpgroup(&attr, 0);
+	posix_spawnattr_setsigmask(&attr, &none);
+	posix_spawnattr_setsigdefault(&attr, &defaults);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+					    POSIX_SPAWN_SETSIGDEF);
+	rc = posix_spawn(&pid, "/bin/sh", &actions, &attr, argv, environ);
+	posix_spawn_file_actions_destroy(&actions);
+	posix_spawnattr_destroy(&attr);
+	close(pipefd[1]);
+	if (rc != 0) {
+		close(pipefd[0]);
+		return ps_fail(err, PS_EIO, "cannot run /bin/sh: %s", strerror(rc));
+	}
+	clock_gettime(CLOCK_MONOTONIC, &deadline);
+	deadline.tv_sec += hj->timeout;
+	while (open_pipe || !exited) {
+		struct pollfd fds[2] = {{hj->st->stop_pipe[0], POLLIN, 0},
+					{open_pipe ? pipefd[0] : -1, POLLIN, 0}};
+		long left = ms_until(&deadline);
+		ssize_t n;
+		char *nl;
+
+		if (!exited && waitpid(pid, status, WNOHANG) == pid)
+			exited = true;
+		if (left <= 0 || poll(fds, 2, exited ? 0 : (left < 200 ? (int)left : 200)) < 0 ||
+		    fds[0].revents) {
+			if (!exited) {
+				kill(-pid, SIGKILL);
+				waitpid(pid, status, 0);
+				*killed = true;
+			}
+			break;
+		}
+		if (fds[1].revents == 0) {
+			if (exited)
+				break; /* nothing more: what it left running keeps no pipe of ours
+					*/
+			continue;
+		}
+		n = read(pipefd[0], buf + used, sizeof(buf) - 1 - used);
+		if (n <= 0) {
+			open_pipe = n < 0 && errno == EINTR;
+			continue;
+		}
+		used += (size_t)n;
+		buf[used] = '\0';
+		while ((nl = strchr(buf, '\n')) != NULL) {
+			*nl = '\0';
+			helper_line(hj, buf);
+			used -= (size_t)(nl + 1 - buf);
+			memmove(buf, nl + 1, used + 1);
+		}
+		if (used == sizeof(buf) - 1) {
+			helper_line(hj, buf);
+			used = 0;
+		}
+	}
+	if (used > 0) {
+		buf[used] = '\0';
+		helper_line(hj, buf);
+	}
+	close(pipefd[0]);
+	return 0;
+}
+
+/* The slot still waiting for the disk of hj's board, or NULL. Called with the lock held. */
+static struct slot *board_waiter(struct ps_station *st, const struct helper_job *hj)
+{
+	struct slot *slot = slot_by_id(st, hj->slot_id);
+
+	return slot != NULL && slot->board_wait == hj->wait ? slot : NULL;
+}
+
+/* Fail a board's slot with why, once. Called with the lock held. */
+static void board_failed(struct ps_station *st, struct slot *slot, const char *why)
+{
+	slot->board_wait = 0;
+	set_state(st, slot, PS_SLOT_FAIL, why);
+	log_locked(st, "%s: %s", slot->view.name, why);
+}
+
+static void *run_board(void *arg)
+{
+	struct helper_job *hj = arg;
+	struct ps_station *st = hj->st;
+	struct ps_err err = {""};
+	char why[1024] = "", msg[256];
+	struct timespec deadline;
+	struct slot *slot;
+	bool killed = false;
+	int status = 0;
+
+	if (hj->command[0] != '\0') {
+		if (run_helper(hj, &status, &killed, &err) < 0)
+			snprintf(why, sizeof(why), "board %s on port %s: %.300s: %.400s", hj->board,
+				 hj->port, err.msg, hj->command);
+		else if (killed)
+			snprintf(why, sizeof(why),
+				 "board %s on port %s: the helper did not finish within %ld s and "
+				 "was stopped: %.400s",
+				 hj->board, hj->port, hj->timeout, hj->command);
+		else if (WIFSIGNALED(status))
+			snprintf(why, sizeof(why),
+				 "board %s on port %s: the helper was killed by signal %d: %.400s",
+				 hj->board, hj->port, WTERMSIG(status), hj->command);
+		else if (WIFEXITED(status) && WEXITSTATUS(status) != 0)
+			snprintf(why, sizeof(why),
+				 "board %s on port %s: the helper exited with status %d: %.400s",
+				 hj->board, hj->port, WEXITSTATUS(status), hj->command);
+	}
+	pthread_mutex_lock(&st->lock);
+	slot = board_waiter(st, hj);
+	if (slot != NULL && why[0] != '\0' && !st->closing) {
+		board_failed(st, slot, why);
+	} else if (slot != NULL && !st->closing) {
+		if (hj->command[0] != '\0') {
+			log_locked(st, "%s: the helper of board %s finished", hj->slot, hj->board);
+			snprintf(
+			    msg, sizeof(msg),
+			    "board %s on port %s: helper done; waiting up to %ld s for its disk",
+			    hj->board, hj->port, hj->timeout);
+			set_state(st, slot, PS_SLOT_DETECTED, msg);
+		}
+		clock_gettime(CLOCK_MONOTONIC, &deadline);
+		deadline.tv_sec += hj->timeout;
+		while (!st->closing && board_waiter(st, hj) != NULL &&
+		       pthread_cond_timedwait(&st->board_cond, &st->lock, &deadline) != ETIMEDOUT) {
+		}
+		slot = board_waiter(st, hj);
+		if (slot != NULL && !st->closing) {
+			if (hj->command[0] != '\0')
+				snprintf(why, sizeof(why),
+					 "board %s on port %s: no disk appeared within %ld s after "
+					 "the helper; check the cable and the helper %.400s",
+					 hj->board, hj->port, hj->timeout, hj->command);
+			else
+				snprintf(
+				    why, sizeof(why),
+				    "board %s on port %s: no disk appeared within %ld s; check "
+				    "the cable (the board has no helper)",
+				    hj->board, hj->port, hj->timeout);
+			board_failed(st, slot, why);
+		}
+	} else if (hj->command[0] != '\0') {
+		/* The disk came while the helper ran, or the slot moved on: the log has it. */
+		log_locked(st, "%s: board %s: %s", hj->slot, hj->board,
+			   why[0] != '\0' ? why : "the helper finished");
+	}
+	st->helpers_running--;
+	pthread_cond_broadcast(&st->board_cond);
+	pthread_mutex_unlock(&st->lock);
+	free(hj);
+	return NULL;
+}
+
+/* A board of a [board NAME] appeared. Called with the lock held. */
+static void board_added(struct ps_station *st, const struct ps_usb_board *board)
+{
+	const struct ps_board_config *bc = ps_board_for_usb_id(st->cfg, board->vid, board->pid);
+	const struct ps_slot_config *conf = ps_slot_for_board(st->cfg, board);
+	struct helper_job *hj = NULL;
+	struct ps_err err = {""};
+	struct slot *slot = conf ? slot_for_config(st, conf) : NULL;
+	pthread_attr_t attr;
+	pthread_t thread;
+	char msg[256];
+	int rc;
+
+	log_locked(st, "USB board %04x:%04x%s%s on port %s detected", board->vid, board->pid,
+		   bc ? ", " : "", bc ? bc->name : "", board->port);
+	if (bc == NULL)
+		return;
+	if (slot == NULL) {
+		log_locked(
+		    st,
+		    "board %s on port %s (ID_PATH %s): not a station slot; its helper does not run",
+		    bc->name, board->port, board->id_path[0] ? board->id_path : "unknown");
+		return;
+	}
+	if (slot->job_running || slot->board_wait != 0) {
+		log_locked(st, "%s: busy; board %s on port %s is left alone", slot->view.name,
+			   bc->name, board->port);
+		return;
+	}
+	hj = calloc(1, sizeof(*hj));
+	if (hj == NULL) {
+		board_failed(st, slot, "out of memory");
+		return;
+	}
+	rc = ps_board_helper_command(bc, board, hj->command, sizeof(hj->command), &err);
+	if (rc < 0) {
+		free(hj);
+		board_failed(st, slot, err.msg);
+		return;
+	}
+	hj->st = st;
+	hj->slot_id = slot->view.id;
+	hj->timeout = bc->timeout;
+	snprintf(hj->slot, sizeof(hj->slot), "%s", slot->view.name);
+	snprintf(hj->board, sizeof(hj->board), "%s", bc->name);
+	snprintf(hj->port, sizeof(hj->port), "%s", board->port);
+	slot->board = *board;
+	slot->board_disk = false;
+	hj->wait = slot->board_wait = ++st->board_waits;
+	memset(slot->view.target, 0, sizeof(slot->view.target));
+	snprintf(slot->view.vendor, sizeof(slot->view.vendor), "board %s", bc->name);
+	snprintf(slot->view.model, sizeof(slot->view.model), "%04x:%04x", board->vid, board->pid);
+	slot->view.size = 0;
+	slot->view.serial[0] = slot->view.common_name[0] = '\0';
+	if (hj->command[0] != '\0')
+		snprintf(msg, sizeof(msg),
+			 "board %s (%04x:%04x) in boot mode on port %s: running its helper",
+			 bc->name, board->vid, board->pid, board->port);
+	else
+		snprintf(msg, sizeof(msg),
+			 "board %s (%04x:%04x) in boot mode on port %s: no helper; waiting up to "
+			 "%ld s for its disk",
+			 bc->name, board->vid, board->pid, board->port, bc->timeout);
+	set_state(st, slot, PS_SLOT_DETECTED, msg);
+	if (hj->command[0] != '\0')
+		log_locked(st, "%s: board %s on port %s: running %s", slot->view.name, bc->name,
+			   board->port, hj->command);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	rc = pthread_create(&thread, &attr, run_board, hj);
+	pthread_attr_destroy(&attr);
+	if (rc != 0) {
+		free(hj);
+		snprintf(msg, sizeof(msg), "board %s: cannot start its helper: %s", bc->name,
+			 strerror(rc));
+		board_failed(st, slot, msg);
+		return;
+	}
+	st->helpers_running++;
+}
+
+/* A board left: expected once its helper ran (it comes back as the disk), so a slot waiting
+ * for its disk goes on waiting; a slot that gave up on it goes back to empty. Called with the
+ * lock held. */
+static void board_removed(struct ps_station *st, const struct ps_usb_board *board)
+{
+	int i;
+
+	log_locked(st, "USB board on port %s removed", board->port);
+	for (i = 0; i < PS_MAX_SLOTS; i++) {
+		struct slot *slot = &st->slots[i];
+
+		if (!slot->in_use || slot->conf == NULL ||
+		    strcmp(slot->board.port, board->port) != 0)
+			continue;
+		if (slot->board_wait != 0)
+			log_locked(
+			    st,
+			    "%s: the board left port %s (it comes back as a disk); still waiting",
+			    slot->view.name, board->port);
+		else if (slot->view.state == PS_SLOT_FAIL && slot->view.target[0] == '\0')
+			set_state(st, slot, PS_SLOT_EMPTY, "");
+	}
+}
+
+/* The slot a disk belongs to through a board: one waiting for the disk of a board on the
+ * same USB port (the wait ends here), or one whose disk came from a board. NULL otherwise.
+ * Called with the lock held. */
+static const struct ps_slot_config *board_slot_for_disk(struct ps_station *st,
+							const struct ps_disk *disk)
+{
+	int i;
+
+	for (i = 0; i < PS_MAX_SLOTS; i++) {
+		struct slot *slot = &st->slots[i];
+
+		if (!slot->in_use || slot->conf == NULL)
+			continue;
+		if (slot->board_wait != 0 && ps_disk_under_board(disk, &slot->board)) {
+			slot->board_wait = 0;
+			slot->board_disk = true;
+			pthread_cond_broadcast(&st->board_cond);
+			log_locked(st, "%s: disk %s appeared on the board's port %s",
+				   slot->view.name, disk->node, slot->board.port);
+			return slot->conf;
+		}
+		if (slot->board_disk && strcmp(slot->view.target, disk->node) == 0)
+			return slot->conf;
+	}
+	return NULL;
+}
+
+/* The slot of a disk: through a board, else by its port. Called with the lock held. */
+static const struct ps_slot_config *slot_conf_for_disk(struct ps_station *st,
+						       const struct ps_disk *disk)
+{
+	const struct ps_slot_config *conf = board_slot_for_disk(st, disk);
+
+	return conf != NULL ? conf : ps_slot_for_disk(st->cfg, disk);
+}
+
+/* A disk changed while a job writes it: a card reader's disk shows size 0 once the card is
+ * out (or another size for another card). The job fails on its next I/O; its reason will
+ * say the card was removed. Called with the lock held. */
+static void medium_changed_during_job(struct ps_station *st, struct slot *slot,
+				      const struct ps_disk *disk)
+{
+	if (strcmp(slot->view.target, disk->node) != 0 ||
+	    (disk->size != 0 && disk->size == slot->view.size) || slot->removed)
+		return;
+	slot->removed = true;
+	log_locked(st, "%s: the card left %s while it was being written", slot->view.name,
+		   disk->node);
+}
+
 /* A disk arrived (or changed). Called with the lock held. */
 static void disk_added(struct ps_station *st, const struct ps_disk *disk)
 {
-	const struct ps_slot_config *conf = ps_slot_for_disk(st->cfg, disk);
+	const struct ps_slot_config *conf = slot_conf_for_disk(st, disk);
 	struct ps_safety_policy policy = {.allow_fixed = conf && conf->allow_fixed};
 	struct ps_err err = {""};
 	struct slot *slot = slot_by_target(st, disk->node);
 
 	if (slot == NULL)
 		slot = conf ? slot_for_config(st, conf) : new_slot(st, disk->node);
+	if (slot != NULL && slot->job_running)
+		medium_changed_during_job(st, slot, disk);
 	if (slot == NULL || slot->job_running)
 		return;
 	slot->removed = false;
@@ -550,10 +1088,12 @@ static void disk_added(struct ps_station *st, const struct ps_disk *disk)
 	}
 	log_locked(st, "%s: %s %s %s detected", slot->view.name, disk->node, disk->vendor,
 		   disk->model);
-	/* usb and cid sources give the serial; operator and sequence leave it empty here. */
+	/* usb and cid sources give the serial; operator and sequence leave it empty here (the
+	 * job takes a sequence's next serial when it starts). */
 	if (ps_slot_serial(conf, disk, slot->view.serial, sizeof(slot->view.serial), NULL) < 0)
 		slot->view.serial[0] = '\0';
-	if (conf->serial_source == PS_SERIAL_OPERATOR || slot->view.serial[0] == '\0') {
+	if (conf->serial_source == PS_SERIAL_OPERATOR ||
+	    (slot->view.serial[0] == '\0' && conf->serial_source != PS_SERIAL_SEQUENCE)) {
 		if (conf->serial_source != PS_SERIAL_OPERATOR)
 			log_locked(st, "%s: the device has no %s serial; type it", slot->view.name,
 				   conf->serial_source == PS_SERIAL_USB ? "USB" : "card");
@@ -583,6 +1123,7 @@ static void disk_removed(struct ps_station *st, const struct ps_disk *disk)
 		return;
 	}
 	memset(slot->view.target, 0, sizeof(slot->view.target));
+	slot->board_disk = false;
 	slot->view.vendor[0] = slot->view.model[0] = '\0';
 	slot->view.size = 0;
 	slot->view.serial[0] = slot->view.common_name[0] = '\0';
@@ -604,14 +1145,23 @@ static void on_hotplug(enum ps_hotplug_event event, const struct ps_disk *disk,
 		disk_removed(st, disk);
 		break;
 	case PS_HOTPLUG_BOARD_ADDED:
-		log_locked(st, "USB board %04x:%04x on port %s detected", board->vid, board->pid,
-			   board->port);
+		board_added(st, board);
 		break;
 	case PS_HOTPLUG_BOARD_REMOVED:
-		log_locked(st, "USB board on port %s removed", board->port);
+		board_removed(st, board);
 		break;
 	}
 	pthread_mutex_unlock(&st->lock);
+}
+
+void ps_station_hotplug_event(struct ps_station *st, enum ps_hotplug_event event,
+			      const struct ps_disk *disk, const struct ps_usb_board *board)
+{
+	if ((disk == NULL) !=
+		(event == PS_HOTPLUG_BOARD_ADDED || event == PS_HOTPLUG_BOARD_REMOVED) ||
+	    (board == NULL) == (disk == NULL))
+		return;
+	on_hotplug(event, disk, board, st);
 }
 
 /* The image files already there, in name order (the first waits longest). */
@@ -746,6 +1296,14 @@ int ps_station_open(const struct ps_config *cfg, struct ps_ca *ca, struct ps_sta
 	st->event_fd = st->inotify_fd = st->stop_pipe[0] = st->stop_pipe[1] = -1;
 	pthread_mutex_init(&st->lock, NULL);
 	pthread_cond_init(&st->jobs_done, NULL);
+	{
+		pthread_condattr_t attr;
+
+		pthread_condattr_init(&attr);
+		pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+		pthread_cond_init(&st->board_cond, &attr);
+		pthread_condattr_destroy(&attr);
+	}
 	if (cfg->serial_pattern[0] != '\0') {
 		if (regcomp(&st->serial_re, cfg->serial_pattern, REG_EXTENDED | REG_NOSUB) != 0) {
 			rc =
@@ -829,15 +1387,19 @@ void ps_station_close(struct ps_station *st)
 
 	if (st == NULL)
 		return;
-	if (st->watcher_started) {
-		if (write(st->stop_pipe[1], &stop, 1) != 1) {
-			/* the watcher also ends when the pipe closes below */
-		}
-		pthread_join(st->watcher, NULL);
+	/* The stop pipe ends the watcher and stops boards' helpers. */
+	if (st->stop_pipe[1] >= 0 && write(st->stop_pipe[1], &stop, 1) != 1) {
+		/* the watcher also ends when the pipe closes below */
 	}
+	if (st->watcher_started)
+		pthread_join(st->watcher, NULL);
 	pthread_mutex_lock(&st->lock);
 	while (st->jobs_running > 0)
 		pthread_cond_wait(&st->jobs_done, &st->lock);
+	st->closing = true;
+	pthread_cond_broadcast(&st->board_cond);
+	while (st->helpers_running > 0)
+		pthread_cond_wait(&st->board_cond, &st->lock);
 	pthread_mutex_unlock(&st->lock);
 	/* After the jobs (they wake it), before the lock its callbacks take goes away; what it
 	 * has not sent stays queued in the database. */
@@ -855,6 +1417,7 @@ void ps_station_close(struct ps_station *st)
 		regfree(&st->serial_re);
 	ps_db_close(st->ui_db);
 	pthread_cond_destroy(&st->jobs_done);
+	pthread_cond_destroy(&st->board_cond);
 	pthread_mutex_destroy(&st->lock);
 	free(st);
 }

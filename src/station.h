@@ -9,6 +9,7 @@
 #include "config.h"
 #include "err.h"
 #include "flash.h"
+#include "hotplug.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -117,6 +118,16 @@ void ps_station_counts(struct ps_station *st, struct ps_station_counts *out);
 struct ps_preauth_status;
 int ps_station_preauth_status(struct ps_station *st, struct ps_preauth_status *out,
 			      struct ps_err *err);
+
+/* Feed a hotplug event as if the udev monitor had reported it (disk for DISK_* events, board
+ * for BOARD_* events; anything else is ignored): for tests, and for stations that learn of
+ * devices by other means. */
+void ps_station_hotplug_event(struct ps_station *st, enum ps_hotplug_event event,
+			      const struct ps_disk *disk, const struct ps_usb_board *board);
+
+/* For tests: called on a job's thread each time the job enters a stage of the provisioning
+ * pipeline (enum ps_stage, after the slot shows it), with the job's target. */
+extern void (*ps_station_stage_hook)(int stage, const char *target);
 
 /* The station's audit database connection for the UI thread's own queries (audit view,
  * export). Only the calling thread may use it; jobs use their own connections. */

@@ -10,6 +10,9 @@
 # or absent (refused before issuance); the image behind the device shows at most leaked
 # counts and bitmaps to e2fsck -fn (or a temporary name naming a deleted inode, counted), its
 # key and certificate parse and match, and it provisions again. PULL_TRIALS (default 12).
+# (The station, which sees the removal, restates such a row's reason as "card removed from
+# slot X during the job: ..."; tests/test_station checks that on a loop device shrunk under
+# a job.)
 . "$SRCDIR/tests/lib.sh"
 need losetup python3 e2fsck debugfs openssl sqlite3 sfdisk mkfs.ext4
 PATH=/usr/sbin:/sbin:$PATH
@@ -30,13 +33,7 @@ printf '{\n  "InventoryPollIntervalSeconds": 28800\n}\n' >"$TMP/main.conf"
 out=$("$SRCDIR/scripts/mkmenderimg.sh" --size 48 --main-conf "$TMP/main.conf" "$TMP/golden.img") ||
 	skip_all "mkmenderimg.sh failed"
 off=$(echo "$out" | awk '$6 == "data" { print $2 }')
-loops=""
-at_exit 'for l in $loops; do losetup -d "$l" 2>/dev/null; done'
-attach() {
-	l=$(losetup -f --show "$1") || return 1
-	loops="$loops $l"
-	echo "$l"
-}
+loop_setup
 . "$SRCDIR/tests/imgcheck.sh"
 
 # The puller: opens the device now (python starts slowly), shrinks it when told to.
@@ -52,14 +49,14 @@ fcntl.ioctl(fd, LOOP_SET_STATUS64, bytes(info))
 fcntl.ioctl(fd, LOOP_SET_CAPACITY, 0)
 PY
 cp --sparse=always "$TMP/golden.img" "$TMP/probe.img"
-LOOP=$(attach "$TMP/probe.img") || skip_all "losetup cannot attach a loop device here"
+LOOP=$(loop_attach "$TMP/probe.img") || skip_all "losetup cannot attach a loop device here"
 echo go | python3 "$TMP/pull.py" "$LOOP" 2>"$TMP/pull.err" ||
 	skip_all "cannot shrink a live loop device here: $(tail -1 "$TMP/pull.err")"
 [ "$(blockdev --getsz "$LOOP")" -le 1 ] || skip_all "the loop device did not shrink"
 
 # How long a job takes on a loop device.
 cp --sparse=always "$TMP/golden.img" "$TMP/cal.img"
-CAL=$(attach "$TMP/cal.img")
+CAL=$(loop_attach "$TMP/cal.img")
 t0=$(date +%s%3N)
 "$PROVSTATION" provision --config "$TMP/station.conf" --target "$CAL" --serial CAL-1 \
 	--allow-unlisted --allow-fixed-disk >/dev/null 2>&1 || skip_all "provisioning a loop device failed"
@@ -132,7 +129,7 @@ for trial in $(seq 1 "$TRIALS"); do
 	# every other card was provisioned once: its files are replaced
 	[ $((trial % 2)) -eq 0 ] && "$PROVSTATION" provision --config "$TMP/station.conf" \
 		--target "$TMP/card.img" --serial "FIRST-$trial" >/dev/null 2>&1
-	dev=$(attach "$TMP/card.img")
+	dev=$(loop_attach "$TMP/card.img")
 	mkfifo "$TMP/go"
 	python3 "$TMP/pull.py" "$dev" <"$TMP/go" 2>"$TMP/pull.err" &
 	puller=$!
@@ -165,7 +162,7 @@ summary PULL
 failures=0
 for trial in 1 2 3 4 5 6; do
 	cp --sparse=always "$TMP/golden.img" "$TMP/card.img"
-	dev=$(attach "$TMP/card.img")
+	dev=$(loop_attach "$TMP/card.img")
 	"$PROVSTATION" provision --config "$TMP/station.conf" --target "$dev" --serial "DETACH-$trial" \
 		--allow-unlisted --allow-fixed-disk >"$TMP/job.out" 2>"$TMP/job.err" &
 	job=$!

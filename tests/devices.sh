@@ -134,17 +134,19 @@ assert len(boards) == 1, boards
 b = boards[0]
 assert (b["vid"], b["pid"], b["serial"], b["port"]) == ("0a5c", "2711", "c0ffee01", "1-4"), b
 assert b["id_path"] == "pci-0000:00:14.0-usb-0:4" and b["board"] == "cm4" and b["slot"] == "cm4", b
+assert b["helper"] == "rpiboot -p '1-4'" and b["timeout"] == 60, b
 PY
-	check "umockdev: a CM4 in rpiboot mode is the board cm4 on slot cm4; other USB devices are not boards"
+	check "umockdev: a CM4 in rpiboot mode is the board cm4 on slot cm4 with the helper it would run; other USB devices are not boards"
 	ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0" \
 		umockdev-run -d "$TMP/bed.umockdev" -- "$PROVSTATION" devices \
 		--config "$TMP/readers.conf" >"$TMP/bed.txt" 2>&1
 	grep -q "^USB board 0a5c:2711 at port 1-4$" "$TMP/bed.txt" &&
-		grep -q "^  board     cm4 (helper: rpiboot -p {port}; 60 s for its disk to appear)$" \
-			"$TMP/bed.txt" &&
+		grep -q "^  board     cm4, in a boot or recovery mode$" "$TMP/bed.txt" &&
+		grep -q "^  helper    rpiboot -p '1-4'$" "$TMP/bed.txt" &&
+		grep -q "^  then      60 s for a disk to appear on port 1-4$" "$TMP/bed.txt" &&
 		grep -q "^  USB       0bda:0129 serial 000000001234, port 1-2$" "$TMP/bed.txt" &&
 		grep -q "^  SD card   CID serial 0x1a2b3c4d$" "$TMP/bed.txt"
-	check "umockdev: the text listing shows the reader's USB parent, the card's CID, the board"
+	check "umockdev: the text listing shows the reader's USB parent, the card's CID, the board and its helper"
 	[ $tap_failed -eq 0 ] || sed 's/^/#   /' "$TMP/bed.txt"
 	[ $tap_failed -eq 0 ] || sed 's/^/#   /' "$TMP/bed.json" "$TMP/bed.err" | head -60
 else

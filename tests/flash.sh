@@ -199,13 +199,10 @@ loop_reason=
 [ -z "$loop_reason" ] && ! command -v losetup >/dev/null && loop_reason="losetup is not installed"
 [ -z "$loop_reason" ] && [ ! -e /dev/loop-control ] &&
 	loop_reason="no loop devices here (/dev/loop-control missing)"
-# attach FILE: print the new loop device. attach runs in a subshell ($(...)), so the loop
-# devices to detach on exit are found by their backing files, all in $TMP.
-at_exit 'losetup -a | grep -F "($TMP/" | cut -d: -f1 | while read -r l; do losetup -d "$l"; done'
-attach() { losetup -f --show "$1" 2>"$TMP/losetup.err"; }
+loop_setup
 if [ -z "$loop_reason" ]; then
 	head -c "$size" /dev/zero | tr '\0' '\252' >"$TMP/disk"
-	LOOP=$(attach "$TMP/disk") || loop_reason="losetup: $(head -1 "$TMP/losetup.err")"
+	LOOP=$(loop_attach "$TMP/disk") || loop_reason="losetup: $(head -1 "$TMP/losetup.err")"
 fi
 if [ -z "$loop_reason" ]; then
 	for ext in "" .gz .xz .zst; do
@@ -230,7 +227,7 @@ if [ -z "$loop_reason" ]; then
 
 	# A 64 MiB disk: refused before writing when the size is known; otherwise at its end.
 	truncate -s 64M "$TMP/small"
-	SMALL=$(attach "$TMP/small")
+	SMALL=$(loop_attach "$TMP/small")
 	fails_with "an image larger than the disk is refused before writing (bmap)" \
 		"less than the $size needed" --image "$TMP/m.img.xz" --bmap "$TMP/m.bmap" \
 		--target "$SMALL" --allow-unlisted --allow-fixed-disk

@@ -149,3 +149,14 @@ NGINX
 	[ "$(cat "$TMP/nginx/nginx.pid" 2>/dev/null)" = "$NGINX_PID" ]
 	check "the nginx master is the process started here (PID $NGINX_PID)"
 }
+
+# Loop devices. Call loop_setup once, at the top level (not in a subshell), before the first
+# loop_attach: at exit it detaches every loop device still backed by a file under $TMP, found
+# by its backing file, never by a device name, which another test may have been given since
+# this one let it go. loop_attach [losetup options] FILE prints the new device (its errors
+# in $TMP/losetup.err).
+loop_setup() {
+	at_exit 'losetup -a 2>/dev/null | grep -F "($TMP/" | cut -d: -f1 |
+		while read -r l; do losetup -d "$l"; done'
+}
+loop_attach() { losetup -f --show "$@" 2>"$TMP/losetup.err"; }

@@ -209,13 +209,10 @@ loop_reason=
 [ -z "$loop_reason" ] && ! command -v losetup >/dev/null && loop_reason="losetup is not installed"
 [ -z "$loop_reason" ] && [ ! -e /dev/loop-control ] &&
 	loop_reason="no loop devices here (/dev/loop-control missing)"
-# attach FILE: print the new loop device. attach runs in a subshell ($(...)), so the loop
-# devices to detach on exit are found by their backing files, all in $TMP.
-at_exit 'losetup -a | grep -F "($TMP/" | cut -d: -f1 | while read -r l; do losetup -d "$l"; done'
-attach() { losetup -f --show "$1" 2>"$TMP/losetup.err"; }
+loop_setup
 if [ -z "$loop_reason" ]; then
 	head -c "$size" /dev/zero | tr '\0' '\252' >"$TMP/disk"
-	LOOP=$(attach "$TMP/disk") || loop_reason="losetup: $(head -1 "$TMP/losetup.err")"
+	LOOP=$(loop_attach "$TMP/disk") || loop_reason="losetup: $(head -1 "$TMP/losetup.err")"
 fi
 if [ -z "$loop_reason" ]; then
 	flash_fails "an unlisted disk is refused and nothing is issued" \
@@ -230,7 +227,7 @@ if [ -z "$loop_reason" ]; then
 	flashed_ok "zstd image with bmap onto a loop device" "$LOOP" "$TMP/g.img.zst" \
 		--bmap "$TMP/g.bmap" --allow-unlisted --allow-fixed-disk
 	truncate -s 32M "$TMP/small"
-	SMALL=$(attach "$TMP/small")
+	SMALL=$(loop_attach "$TMP/small")
 	flash_fails "an image larger than the disk is refused and nothing is issued" \
 		"less than the $size needed" "$SMALL" "$TMP/g.img" --allow-unlisted \
 		--allow-fixed-disk

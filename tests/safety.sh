@@ -1,7 +1,8 @@
 #!/bin/sh
 # safety.sh — the safety gate on real block devices (loop devices): the system disk, a fixed
-# disk, a disk outside the station's slots, a read-only disk, a mounted one and a character
-# device are each refused with the reason and left untouched; an allowed one is provisioned.
+# disk, a disk outside the station's slots, a read-only disk, a mounted one (ext4, and both
+# devices of a two-device btrfs, which mountinfo shows as 0:NN) and a character device are
+# each refused with the reason and left untouched; an allowed one is provisioned.
 . "$SRCDIR/tests/lib.sh"
 need losetup sfdisk mkfs.ext4 sha256sum
 [ "$(id -u)" -eq 0 ] || skip_all "loop devices need root"
@@ -15,14 +16,9 @@ dir = $TMP/ca
 CONF
 "$PROVSTATION" ca init --dir "$TMP/ca" >/dev/null
 "$SRCDIR/scripts/mkmenderimg.sh" --size 64 "$TMP/disk.img" >/dev/null
-loops=""
-at_exit 'for l in $loops; do losetup -d "$l"; done; umount "$TMP/mnt" 2>/dev/null'
-attach() { # attach [losetup options] FILE: print the new loop device
-	l=$(losetup -f --show "$@") || return 1
-	loops="$loops $l"
-	echo "$l"
-}
-LOOP=$(attach "$TMP/disk.img") || skip_all "losetup cannot attach a loop device here"
+loop_setup
+at_exit 'umount "$TMP/mnt" 2>/dev/null'
+LOOP=$(loop_attach "$TMP/disk.img") || skip_all "losetup cannot attach a loop device here"
 
 refused() { # refused DESC PATTERN TARGET [FLAGS...]: one line naming PATTERN, non-zero, untouched
 	desc=$1 pattern=$2 target=$3
@@ -56,12 +52,12 @@ refused "a disk in no slot is refused" "not a configured station slot" "$LOOP" -
 refused "a character device is refused" "neither an image file nor a block device" /dev/null \
 	--allow-unlisted --allow-fixed-disk
 
-RO=$(attach -r "$TMP/disk.img")
+RO=$(loop_attach -r "$TMP/disk.img")
 refused "a read-only disk is refused" "read-only" "$RO" --allow-unlisted --allow-fixed-disk
 
 # A mounted disk: a bare ext4 filesystem on a loop device, mounted.
 truncate -s 32M "$TMP/bare.img" && mkfs.ext4 -q "$TMP/bare.img"
-BARE=$(attach "$TMP/bare.img")
+BARE=$(loop_attach "$TMP/bare.img")
 mkdir -p "$TMP/mnt"
 if mount "$BARE" "$TMP/mnt" 2>"$TMP/mount.err"; then
 	refused "a mounted disk is refused, naming the mount point" "mounted on $TMP/mnt" "$BARE" \
@@ -69,6 +65,49 @@ if mount "$BARE" "$TMP/mnt" 2>"$TMP/mount.err"; then
 	umount "$TMP/mnt"
 else
 	echo "ok $((tap_n = tap_n + 1)) - # SKIP cannot mount here: $(head -1 "$TMP/mount.err")"
+fi
+
+# btrfs: mountinfo shows an anonymous device number (0:NN), not the disk's. A two-device
+# btrfs (raid1) on two loop devices, mounted through the first: both are refused.
+skip_btrfs() {
+	for i in 1 2 3 4 5; do
+		echo "ok $((tap_n = tap_n + 1)) - # SKIP $1"
+	done
+}
+if ! command -v mkfs.btrfs >/dev/null 2>&1; then
+	skip_btrfs "mkfs.btrfs is not installed (btrfs-progs)"
+elif ! grep -qw btrfs /proc/filesystems && ! modprobe btrfs 2>/dev/null; then
+	skip_btrfs "this kernel has no btrfs"
+else
+	truncate -s 128M "$TMP/bt1.img" "$TMP/bt2.img"
+	BT1=$(loop_attach "$TMP/bt1.img") && BT2=$(loop_attach "$TMP/bt2.img")
+	mkdir -p "$TMP/btrfs"
+	if ! mkfs.btrfs -q -f -d raid1 -m raid1 "$BT1" "$BT2" >"$TMP/mkfs.err" 2>&1; then
+		skip_btrfs "mkfs.btrfs failed: $(head -1 "$TMP/mkfs.err")"
+	elif ! mount -t btrfs "$BT1" "$TMP/btrfs" 2>"$TMP/mount.err"; then
+		skip_btrfs "cannot mount btrfs here: $(head -1 "$TMP/mount.err")"
+	else
+		at_exit 'umount "$TMP/btrfs" 2>/dev/null'
+		grep -q " $TMP/btrfs .* - btrfs " /proc/self/mountinfo &&
+			! grep -q "^[0-9]* [0-9]* $(lsblk -dno MAJ:MIN "$BT1" | tr -d ' ') " /proc/self/mountinfo
+		check "btrfs is mounted with an anonymous device number, not $BT1's"
+		refused "a btrfs disk is refused as mounted" "$BT1 is in use: $BT1 is mounted on $TMP/btrfs" \
+			"$BT1" --allow-unlisted --allow-fixed-disk
+		refused "the second device of a two-device btrfs is refused as mounted" \
+			"$BT2 is in use: $BT2 belongs to the btrfs filesystem of $BT1, mounted on $TMP/btrfs" \
+			"$BT2" --allow-unlisted --allow-fixed-disk
+		before=$(sha256sum "$TMP/bt2.img" | cut -d' ' -f1)
+		"$PROVSTATION" flash --image "$TMP/disk.img" --target "$BT2" --allow-unlisted \
+			--allow-fixed-disk >"$TMP/out" 2>"$TMP/err"
+		status=$?
+		[ $status -ne 0 ] && grep -q "$BT2.*mounted" "$TMP/out" "$TMP/err" &&
+			[ "$(sha256sum "$TMP/bt2.img" | cut -d' ' -f1)" = "$before" ]
+		check "flash refuses the second btrfs device as mounted, and leaves it untouched"
+		umount "$TMP/btrfs"
+		"$PROVSTATION" flash --image "$TMP/disk.img" --target "$BT2" --allow-unlisted \
+			--allow-fixed-disk >"$TMP/out" 2>&1
+		check "once unmounted, flash writes it"
+	fi
 fi
 
 ok "an allowed loop device is provisioned" "$PROVSTATION" provision --config "$TMP/station.conf" \

@@ -1,15 +1,20 @@
 /* test_audit.c — unit tests for the audit store (db/): the lifecycle and its transitions,
  * supersede, history, revocation, CRL numbers, the hash chain catching changed, deleted and
  * reordered rows, CSV quoting, import (idempotent, byte-identical round trips, conflicts,
- * newer and older rows), backup and a busy database. */
+ * newer and older rows), backup and a busy database; serials from sequences (numbering,
+ * certificates counted, prefixes with GLOB characters, concurrent threads and processes). */
 #include "audit.h"
+#include "config.h"
 #include "export.h"
 #include "import.h"
+#include "sequence.h"
 #include "tap.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define CA_A "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
@@ -182,6 +187,23 @@ static void test_lifecycle(struct ps_db *db)
 	       "the failure reason is kept in the row");
 	is_int(ps_db_set_state(db, b1, PS_STATE_VERIFIED, "", &ctx, &err), PS_EINVAL,
 	       "failed -> verified is refused");
+	ok(ps_db_restate_failure(db, b1,
+				 "card removed from slot front during the job: write failed: p4: "
+				 "I/O error",
+				 &ctx, &err) == 0,
+	   "a failure's reason restated: %s", err.msg);
+	is_str(state_of(db, b1),
+	       "0b01:failed:card removed from slot front during the job: write failed: p4: I/O "
+	       "error",
+	       "the row has the new reason");
+	is_int(ps_db_restate_failure(db, a1, "card removed", &ctx, &err), PS_EINVAL,
+	       "only a failed certificate's reason is restated");
+	{
+		struct ps_db_verify_report rep;
+
+		ok(ps_db_verify(db, &rep, &err) == 0 && rep.events == 6,
+		   "the chain holds the restatement as a sixth event and verifies: %s", err.msg);
+	}
 
 	/* The device is provisioned again: the new certificate supersedes the old one. */
 	at("1795000200");
@@ -609,6 +631,168 @@ static void test_text_and_busy(struct ps_db *db)
 	unsetenv(PS_DB_BUSY_ENV);
 }
 
+static void next_serial_is(struct ps_db *db, const char *prefix, const char *want)
+{
+	struct ps_err err = {""};
+	char serial[PS_SERIAL_MAX + 1] = "";
+	int rc = ps_db_next_serial(db, prefix, &ctx, "/dev/sdb", serial, sizeof(serial), &err);
+
+	ok(rc == 0 && strcmp(serial, want) == 0, "sequence '%s': %s (got '%s'%s%s)", prefix, want,
+	   serial, rc < 0 ? ": " : "", err.msg);
+}
+
+/* Allocate n serials of prefix on a connection of its own, into out (n lines). */
+struct allocator {
+	const char *prefix;
+	int n;
+	char serials[64][PS_SERIAL_MAX + 1];
+	int failures;
+	char error[1024];
+};
+
+static void *allocate(void *arg)
+{
+	struct allocator *a = arg;
+	struct ps_err err = {""};
+	struct ps_db *db = NULL;
+	int i;
+
+	if (ps_db_open(path_of("sequence.db"), &db, &err) < 0) {
+		a->failures = a->n;
+		snprintf(a->error, sizeof(a->error), "%s", err.msg);
+		return NULL;
+	}
+	for (i = 0; i < a->n; i++) {
+		if (ps_db_next_serial(db, a->prefix, &ctx, NULL, a->serials[i],
+				      sizeof(a->serials[i]), &err) < 0) {
+			a->failures++;
+			snprintf(a->error, sizeof(a->error), "%s", err.msg);
+		}
+	}
+	ps_db_close(db);
+	return NULL;
+}
+
+static int compare_serials(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+/* Every serial of all[n] distinct and exactly prefix 1 .. prefix n. */
+static bool exactly_1_to_n(const char *prefix, char (*all)[PS_SERIAL_MAX + 1], int n)
+{
+	char want[PS_SERIAL_MAX + 1];
+	int i;
+
+	qsort(all, (size_t)n, sizeof(all[0]), compare_serials);
+	for (i = 0; i < n; i++) {
+		snprintf(want, sizeof(want), "%s%06d", prefix, i + 1);
+		if (strcmp(all[i], want) != 0) {
+			printf("# serial %d is '%s', expected '%s'\n", i, all[i], want);
+			return false;
+		}
+	}
+	return true;
+}
+
+static void test_sequence(void)
+{
+	static char all[200][PS_SERIAL_MAX + 1];
+	struct allocator threads[2];
+	pthread_t tid[2];
+	struct ps_err err = {""};
+	struct ps_db *db = NULL;
+	char serial[PS_SERIAL_MAX + 1], longer[80];
+	int pipes[2], i, n = 0, status, children_ok = 1;
+	FILE *in;
+
+	ok(ps_db_open(path_of("sequence.db"), &db, &err) == 0, "sequence database: %s", err.msg);
+	if (db == NULL)
+		return;
+	next_serial_is(db, "ABC-", "ABC-000001");
+	next_serial_is(db, "ABC-", "ABC-000002");
+	next_serial_is(db, "XYZ/", "XYZ/000001");
+	/* Certificates with the prefix and digits count, typed or imported ones too. */
+	issue(db, "ABC-000041", "5E01", NULL);
+	issue(db, "ABC-7", "5E02", NULL);
+	issue(db, "ABC-X-000900", "5E03", NULL);
+	issue(db, "ABC-12x", "5E04", NULL);
+	issue(db, "ABC-99999999999999999999", "5E05", NULL);
+	issue(db, "ABCD-000800", "5E06", NULL);
+	next_serial_is(db, "ABC-", "ABC-000042");
+	/* GLOB characters in the prefix are literal. */
+	issue(db, "L1X-000050", "5E07", NULL);
+	next_serial_is(db, "L[1]*-", "L[1]*-000001");
+	issue(db, "L[1]*-000010", "5E08", NULL);
+	next_serial_is(db, "L[1]*-", "L[1]*-000011");
+	next_serial_is(db, "", "000001");
+	memset(longer, 'P', 60);
+	longer[60] = '\0';
+	is_int(ps_db_next_serial(db, longer, &ctx, NULL, serial, sizeof(serial), &err), PS_EINVAL,
+	       "a prefix too long for a serial is refused");
+	contains(err.msg, "sequence with prefix", "naming the sequence: %s", err.msg);
+	is_int(ps_db_next_serial(db, "ABC-", &ctx, NULL, serial, 8, &err), PS_EINVAL,
+	       "a serial that does not fit the buffer is refused");
+	next_serial_is(db, "ABC-", "ABC-000043"); /* a refused allocation reserved nothing */
+
+	/* Two slots at once: two threads, a connection each. */
+	for (i = 0; i < 2; i++) {
+		memset(&threads[i], 0, sizeof(threads[i]));
+		threads[i].prefix = "THR-";
+		threads[i].n = 25;
+		pthread_create(&tid[i], NULL, allocate, &threads[i]);
+	}
+	for (i = 0; i < 2; i++) {
+		pthread_join(tid[i], NULL);
+		ok(threads[i].failures == 0, "thread %d allocated its serials: %s", i,
+		   threads[i].error);
+		memcpy(all[n], threads[i].serials, 25 * sizeof(all[0]));
+		n += 25;
+	}
+	ok(exactly_1_to_n("THR-", all, n), "two threads: 50 distinct serials, THR-000001 to 50");
+
+	/* Other processes on the same database: four of them, each one ending abruptly
+	 * (_exit, the database left open, as in a crash) after its serials. */
+	ok(pipe(pipes) == 0, "pipe");
+	for (i = 0; i < 4; i++) {
+		pid_t pid = fork();
+
+		if (pid == 0) {
+			struct allocator a = {.prefix = "PRC-", .n = 30};
+			FILE *outp = fdopen(pipes[1], "w");
+			int j;
+
+			close(pipes[0]);
+			allocate(&a);
+			for (j = 0; outp != NULL && j < a.n; j++)
+				fprintf(outp, "%s\n", a.failures ? "FAILED" : a.serials[j]);
+			if (outp != NULL)
+				fflush(outp);
+			_exit(a.failures ? 1 : 0);
+		}
+		if (pid < 0)
+			children_ok = 0;
+	}
+	close(pipes[1]);
+	in = fdopen(pipes[0], "r");
+	n = 0;
+	while (in != NULL && n < 200 && fgets(all[n], sizeof(all[n]), in) != NULL) {
+		all[n][strcspn(all[n], "\n")] = '\0';
+		n++;
+	}
+	if (in != NULL)
+		fclose(in);
+	for (i = 0; i < 4; i++)
+		if (wait(&status) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+			children_ok = 0;
+	ok(children_ok, "four processes allocated their serials");
+	is_int(n, 120, "120 serials came back");
+	ok(exactly_1_to_n("PRC-", all, n),
+	   "four processes: 120 distinct serials, PRC-000001 to 120");
+	next_serial_is(db, "PRC-", "PRC-000121");
+	ps_db_close(db);
+}
+
 int main(void)
 {
 	struct ps_db *db = NULL;
@@ -633,6 +817,7 @@ int main(void)
 	test_import(db);
 	test_csv_reader();
 	test_text_and_busy(db);
+	test_sequence();
 	ps_db_close(db);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)

@@ -124,6 +124,17 @@ int main(void)
 	ok(load(&cfg, "[station]\nslots_bmap = /srv/g.bmap\n", &err) == PS_EINVAL,
 	   "slots_bmap without slots_flash");
 	contains(err.msg, "[station] slots_bmap needs slots_flash", "says so");
+	ok(load(&cfg,
+		"[slot A]\nserial_source = sequence\nserial_prefix = "
+		"PPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPP\n",
+		&err) == PS_EINVAL,
+	   "a sequence prefix too long for a serial");
+	contains(err.msg, "[slot A] serial_prefix", "names the slot: %s", err.msg);
+	ok(load(&cfg,
+		"[slot A]\nserial_source = usb\nserial_prefix = "
+		"PPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPP\n",
+		&err) == 0,
+	   "the prefix only matters to a sequence");
 	ok(load(&cfg, "[board b]\nusb_id = 0a5c\n", &err) == PS_EINVAL, "bad USB id");
 	ok(load(&cfg, "[station]\nserial_pattern = ([\n", &err) == PS_EINVAL, "bad regex");
 	ok(load(&cfg, "[gadget x]\n", &err) == PS_EINVAL, "unknown named section");

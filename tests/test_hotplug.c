@@ -1,11 +1,14 @@
 /* test_hotplug.c — the hotplug detector and the safety gate on devices replayed by umockdev: a
  * USB card reader (empty, then with a card, write-protected, pulled), an SD card on an MMC
  * host, a USB board in recovery mode, a SATA disk, loop and RAM disks; duplicate and
- * out-of-order events. Runs under umockdev-wrapper (tests/hotplug.sh). */
+ * out-of-order events; the station running a board's helper when the board appears on a
+ * slot's port and taking the disk that follows on the same port, or failing after the
+ * board's timeout. Runs under umockdev-wrapper (tests/hotplug.sh). */
 #include "config.h"
 #include "hotplug.h"
 #include "safety.h"
 #include "slotmatch.h"
+#include "station.h"
 #include "tap.h"
 
 #include <errno.h>
@@ -240,6 +243,7 @@ static void test_safety(const char *root)
 	struct ps_safety_policy fixed_ok = {.allow_fixed = true};
 	struct ps_disk_facts facts;
 	struct ps_err err = {""};
+	char path[1024];
 
 	/* The gate reads /proc/self/mountinfo and /proc/swaps: the test bed's, empty first. */
 	put(root, "/proc/self/mountinfo", "");
@@ -274,7 +278,39 @@ static void test_safety(const char *root)
 	is_int(ps_safety_check("/dev/sdd", NULL, NULL, &err), PS_EUNSAFE,
 	       "safety: a disk with a mounted partition is refused");
 	contains(err.msg, "/dev/sdd1 is mounted on /media/op/STICK", "naming both: %s", err.msg);
+
+	/* btrfs shows an anonymous device number (0:NN): the mount source names the device. */
+	put(root, "/proc/self/mountinfo",
+	    "25 1 252:1 / / rw,relatime - ext4 /dev/vda1 rw\n"
+	    "70 25 0:45 / /srv/my\\040data rw,relatime - btrfs /dev/sdd1 rw,space_cache=v2\n");
+	is_int(ps_safety_check("/dev/sdd", NULL, NULL, &err), PS_EUNSAFE,
+	       "safety: a partition mounted as btrfs (device 0:45) is refused");
+	contains(err.msg, "/dev/sdd1 is mounted on /srv/my data", "through its mount source: %s",
+		 err.msg);
+	put(root, "/proc/self/mountinfo",
+	    "25 1 252:1 / / rw,relatime - ext4 /dev/vda1 rw\n"
+	    "71 25 0:46 / /pool rw,relatime - btrfs /dev/sda rw,space_cache=v2\n");
+	err.msg[0] = '\0';
+	is_int(ps_safety_check("/dev/sdd", NULL, NULL, &err), 0,
+	       "safety: another disk's btrfs does not refuse the stick: %s", err.msg);
+	/* A two-device btrfs mounted through /dev/sda, /dev/sdd1 its second device. */
+	put(root, "/sys/fs/btrfs/4a1e0c55-0b8e-4d3a-9f1e-6c2d7b9e0a11/devices/sda", "");
+	put(root, "/sys/fs/btrfs/4a1e0c55-0b8e-4d3a-9f1e-6c2d7b9e0a11/devices/sdd1", "");
+	is_int(ps_safety_check("/dev/sdd", NULL, NULL, &err), PS_EUNSAFE,
+	       "safety: the second device of a mounted multi-device btrfs is refused");
+	contains(err.msg, "/dev/sdd1 belongs to the btrfs filesystem of /dev/sda, mounted on /pool",
+		 "naming the mounted device: %s", err.msg);
 	put(root, "/proc/self/mountinfo", "");
+	is_int(ps_safety_check("/dev/sdd", NULL, NULL, &err), PS_EUNSAFE,
+	       "safety: a member of a mounted btrfs this mount namespace does not show is refused");
+	contains(err.msg, "belongs to a mounted btrfs filesystem (4a1e0c55-", "saying so: %s",
+		 err.msg);
+	snprintf(path, sizeof(path),
+		 "%s/sys/fs/btrfs/4a1e0c55-0b8e-4d3a-9f1e-6c2d7b9e0a11/devices/", root);
+	unlink(strcat(path, "sdd1"));
+	err.msg[0] = '\0';
+	is_int(ps_safety_check("/dev/sdd", NULL, NULL, &err), 0,
+	       "safety: passes again once it is no btrfs member: %s", err.msg);
 
 	put(root, "/proc/swaps",
 	    "Filename\tType\tSize\tUsed\tPriority\n/dev/sdd\tpartition\t1000\t0\t-2\n");
@@ -287,6 +323,141 @@ static void test_safety(const char *root)
 	is_int(ps_safety_check("/dev/sdd", NULL, NULL, &err), PS_EUNSAFE,
 	       "safety: a disk whose partition is held by device mapper is refused");
 	contains(err.msg, "held by dm-0", "naming the holder: %s", err.msg);
+}
+
+/* A CM4 in rpiboot mode on port 1-8, then (its helper ran) the same port as a mass storage
+ * device with its eMMC as /dev/sdf; a CM5 (0a5c:2712) on port 1-9 whose disk never comes. */
+#define BOARD8 PCI "/usb1/1-8"
+static const char cm4_on_8[] =
+    "P: /devices/pci0000:00/0000:00:14.0/usb1/1-8\nN: bus/usb/001/009\nE: SUBSYSTEM=usb\n"
+    "E: DEVTYPE=usb_device\nE: DEVNAME=/dev/bus/usb/001/009\nE: MAJOR=189\nE: MINOR=8\n"
+    "A: busnum=1\nA: devnum=9\nA: devpath=8\nA: idVendor=0a5c\nA: idProduct=2711\n"
+    "A: serial=c0ffee08\nA: dev=189:8\n";
+static const char emmc_on_8[] =
+    "P: /devices/pci0000:00/0000:00:14.0/usb1/1-8\nN: bus/usb/001/010\nE: SUBSYSTEM=usb\n"
+    "E: DEVTYPE=usb_device\nE: DEVNAME=/dev/bus/usb/001/010\nE: MAJOR=189\nE: MINOR=9\n"
+    "A: busnum=1\nA: devnum=10\nA: devpath=8\nA: idVendor=0a5c\nA: idProduct=0001\n"
+    "A: serial=c0ffee08\nA: dev=189:9\n\n"
+    "P: /devices/pci0000:00/0000:00:14.0/usb1/1-8/1-8:1.0/host10/target10:0:0/10:0:0:0\n"
+    "E: SUBSYSTEM=scsi\nE: DEVTYPE=scsi_device\nA: vendor=RPi-MSD-\nA: model=0001\n\n"
+    "P: /devices/pci0000:00/0000:00:14.0/usb1/1-8/1-8:1.0/host10/target10:0:0/10:0:0:0/block/"
+    "sdf\nN: sdf\nE: SUBSYSTEM=block\nE: DEVTYPE=disk\nE: DEVNAME=/dev/sdf\nE: MAJOR=8\n"
+    "E: MINOR=80\nE: ID_BUS=usb\nE: ID_PATH=pci-0000:00:14.0-usb-0:8:1.0-scsi-0:0:0:0\n"
+    "A: size=61071360\nA: removable=1\nA: ro=0\nA: dev=8:80\n";
+static const char cm5_on_9[] =
+    "P: /devices/pci0000:00/0000:00:14.0/usb1/1-9\nN: bus/usb/001/011\nE: SUBSYSTEM=usb\n"
+    "E: DEVTYPE=usb_device\nE: DEVNAME=/dev/bus/usb/001/011\nE: MAJOR=189\nE: MINOR=10\n"
+    "A: busnum=1\nA: devnum=11\nA: devpath=9\nA: idVendor=0a5c\nA: idProduct=2712\n"
+    "A: serial=c0ffee09\nA: dev=189:10\n";
+
+/* Wait (up to 20 s) until the station's slot name is in state want. */
+static bool station_wait(struct ps_station *st, const char *name, enum ps_slot_state want,
+			 struct ps_slot_view *out)
+{
+	struct ps_slot_view views[PS_MAX_SLOTS];
+	int tries;
+
+	for (tries = 0; tries < 200; tries++) {
+		struct pollfd pfd = {ps_station_event_fd(st), POLLIN, 0};
+		size_t n, i;
+
+		poll(&pfd, 1, 100);
+		ps_station_ack(st);
+		n = ps_station_slots(st, views, PS_MAX_SLOTS);
+		for (i = 0; i < n && i < PS_MAX_SLOTS; i++) {
+			if (strcmp(views[i].name, name) == 0 && views[i].state == want) {
+				if (out != NULL)
+					*out = views[i];
+				return true;
+			}
+		}
+	}
+	return false;
+}
+
+static void test_station_boards(UMockdevTestbed *tb)
+{
+	char dir[] = "/tmp/ps-test-boards-XXXXXX", text[2048], file[600], marker[64] = "";
+	struct ps_ca_init_opts init = {.key_type = PS_KEY_P256, .days = 30};
+	struct ps_station *st = NULL;
+	struct ps_slot_view view;
+	struct ps_config cfg;
+	struct ps_err err = {""};
+	struct ps_ca ca;
+	bool have_ca;
+	FILE *f;
+	int tries;
+
+	if (mkdtemp(dir) == NULL) {
+		ok(false, "a temporary directory for the station");
+		return;
+	}
+	snprintf(file, sizeof(file), "%s/ca", dir);
+	init.dir = file;
+	have_ca = ps_ca_init(&init, &err) == 0 && ps_ca_load(&ca, file, true, NULL, &err) == 0;
+	ok(have_ca, "station: CA: %s", err.msg);
+	snprintf(file, sizeof(file), "%s/helper.sh", dir);
+	f = fopen(file, "w");
+	if (f != NULL) {
+		fprintf(f,
+			"echo \"rpiboot for $1\"\necho \"$1\" > %s/marker.tmp\n"
+			"mv %s/marker.tmp %s/marker\n",
+			dir, dir, dir);
+		fclose(f);
+	}
+	snprintf(text, sizeof(text),
+		 "[station]\ndatabase = %s/audit.db\n"
+		 "[slot pi]\nports = pci-0000:00:14.0-usb-0:8:1.0-*\n"
+		 "[slot pi5]\nports = pci-0000:00:14.0-usb-0:9:1.0-*\n"
+		 "[board cm4]\nusb_id = 0a5c:2711\nhelper = sh %s {port}\ntimeout = 20\n"
+		 "[board cm5]\nusb_id = 0a5c:2712\nhelper = true\ntimeout = 1\n",
+		 dir, file);
+	ok(ps_config_load_string(&cfg, text, "station.conf", &err) == 0, "station config: %s",
+	   err.msg);
+	if (!have_ca || ps_station_open(&cfg, &ca, &st, &err) < 0) {
+		ok(false, "the station opens on the test bed: %s", err.msg);
+		goto out;
+	}
+	ok(station_wait(st, "pi", PS_SLOT_EMPTY, NULL), "station: slot pi is empty");
+
+	/* The board appears; its helper runs with its port; the eMMC comes up on the port. */
+	ok(add(tb, cm4_on_8), "test bed: a CM4 in rpiboot mode on port 1-8");
+	ok(station_wait(st, "pi", PS_SLOT_DETECTED, &view), "slot pi shows the board: %s",
+	   view.message);
+	ok(strstr(view.message, "board cm4 ") != NULL &&
+	       strstr(view.message, "on port 1-8: ") != NULL,
+	   "naming the board and its port");
+	snprintf(file, sizeof(file), "%s/marker", dir);
+	for (tries = 0; tries < 200 && access(file, F_OK) != 0; tries++)
+		usleep(100000);
+	f = fopen(file, "r");
+	if (f == NULL || fgets(marker, sizeof(marker), f) == NULL)
+		marker[0] = '\0';
+	if (f != NULL)
+		fclose(f);
+	is_str(marker, "1-8\n", "the helper ran for port 1-8");
+	uevent(tb, BOARD8, "remove");
+	umockdev_testbed_remove_device(tb, BOARD8);
+	ok(add(tb, emmc_on_8), "test bed: port 1-8 is now a mass storage device with /dev/sdf");
+	ok(station_wait(st, "pi", PS_SLOT_WAITING_SERIAL, &view),
+	   "the disk on the board's port is slot pi's: it waits for a serial");
+	is_str(view.target, "/dev/sdf", "slot pi's target is the eMMC");
+
+	/* A board whose disk never comes. */
+	ok(add(tb, cm5_on_9), "test bed: a CM5 on port 1-9");
+	ok(station_wait(st, "pi5", PS_SLOT_FAIL, &view), "no disk within 1 s: pi5 FAILs");
+	is_str(view.message,
+	       "board cm5 on port 1-9: no disk appeared within 1 s after the helper; check the "
+	       "cable and the helper true",
+	       "with what to check");
+	ps_station_close(st);
+out:
+	ps_config_free(&cfg);
+	if (have_ca)
+		ps_ca_free(&ca);
+	snprintf(text, sizeof(text), "rm -rf '%s'", dir);
+	if (system(text) != 0)
+		printf("# could not remove %s\n", dir);
 }
 
 int main(void)
@@ -540,6 +711,7 @@ int main(void)
 
 	ps_hotplug_close(hp);
 	ps_config_free(&cfg);
+	test_station_boards(tb);
 	g_object_unref(tb);
 	return tap_done();
 }

@@ -1,8 +1,12 @@
 /* test_slotmatch.c — unit tests for slot matching (ID_PATH patterns, /dev/ patterns), board
- * lookup by USB id and the serial each source gives, on a parsed configuration. */
+ * lookup by USB id, boards mapped to the slot of the disk they become and that disk found by
+ * its port, the helper command quoted for sh, and the serial each source gives, on a parsed
+ * configuration. */
 #include "config.h"
 #include "slotmatch.h"
 #include "tap.h"
+
+#include <stdlib.h>
 
 static const char conf[] =
     "[slot front-left]\n"
@@ -88,6 +92,86 @@ int main(void)
 	is_int(ps_board_ids(&cfg, ids, 8), 3, "three board ids in the table");
 	ok(ids[1].vid == 0x0a5c && ids[1].pid == 0x2764 && ids[2].vid == 0x1fc9, "in order");
 	is_int(ps_board_ids(&cfg, ids, 2), 2, "the table is bounded");
+
+	/* A board maps to the slot its disk will be in: a pattern for the disks under it. */
+	snprintf(b.id_path, sizeof(b.id_path), "pci-0000:00:14.0-usb-0:2");
+	slot = ps_slot_for_board(&cfg, &b);
+	ok(slot != NULL && strcmp(slot->name, "front-left") == 0,
+	   "a board on port 2 maps to front-left (pattern ...usb-0:2:1.0-*)");
+	snprintf(b.id_path, sizeof(b.id_path), "pci-0000:00:14.0-usb-0:3");
+	slot = ps_slot_for_board(&cfg, &b);
+	ok(slot != NULL && strcmp(slot->name, "front-right") == 0,
+	   "on port 3 to front-right (a pattern without wildcards)");
+	snprintf(b.id_path, sizeof(b.id_path), "pci-0000:00:14.0-usb-0:21");
+	ok(ps_slot_for_board(&cfg, &b) == NULL, "port 21 is not port 2");
+	snprintf(b.id_path, sizeof(b.id_path), "pci-0000:00:14.0-usb-0:2.1");
+	ok(ps_slot_for_board(&cfg, &b) == NULL, "nor is port 2.1 (behind a hub)");
+	snprintf(b.id_path, sizeof(b.id_path), "%s", "");
+	ok(ps_slot_for_board(&cfg, &b) == NULL, "a board without ID_PATH is in no slot");
+	{
+		static const char extra[] = "[slot hub]\n"
+					    "ports = pci-0000:00:1?.0-usb-0:[5-7]:1.0-scsi-*\n"
+					    "[slot not]\n"
+					    "ports = pci-0000:00:14.0-usb-0:[!5-7]:9.9\n";
+		struct ps_config c2;
+
+		ok(ps_config_load_string(&c2, extra, "station.conf", &err) == 0, "classes: %s",
+		   err.msg);
+		snprintf(b.id_path, sizeof(b.id_path), "pci-0000:00:14.0-usb-0:6");
+		slot = ps_slot_for_board(&c2, &b);
+		ok(slot != NULL && strcmp(slot->name, "hub") == 0, "'?' and [5-7] for a board");
+		snprintf(b.id_path, sizeof(b.id_path), "pci-0000:00:14.0-usb-0:8");
+		slot = ps_slot_for_board(&c2, &b);
+		ok(slot != NULL && strcmp(slot->name, "not") == 0, "[!5-7]");
+		snprintf(b.id_path, sizeof(b.id_path), "pci-0000:00:1a.0-usb-0:7");
+		slot = ps_slot_for_board(&c2, &b);
+		ok(slot != NULL && strcmp(slot->name, "hub") == 0, "another controller, port 7");
+		snprintf(b.id_path, sizeof(b.id_path), "pci-0000:00:14.0-usb-0:5:2");
+		ok(ps_slot_for_board(&c2, &b) == NULL, "a path past the pattern's literal text");
+		ps_config_free(&c2);
+	}
+
+	/* Which disk is the board's: the same USB port. */
+	memset(&b, 0, sizeof(b));
+	snprintf(b.port, sizeof(b.port), "1-4");
+	snprintf(b.id_path, sizeof(b.id_path), "pci-0000:00:14.0-usb-0:4");
+	d = disk("/dev/sde", "pci-0000:00:14.0-usb-0:4:1.0-scsi-0:0:0:0");
+	ok(ps_disk_under_board(&d, &b), "a disk under the board's ID_PATH is its disk");
+	d = disk("/dev/sde", "");
+	snprintf(d.usb_port, sizeof(d.usb_port), "1-4");
+	ok(ps_disk_under_board(&d, &b), "so is one on its USB port (no ID_PATH)");
+	d = disk("/dev/sde", "pci-0000:00:14.0-usb-0:41:1.0-scsi-0:0:0:0");
+	snprintf(d.usb_port, sizeof(d.usb_port), "1-41");
+	ok(!ps_disk_under_board(&d, &b), "port 41 is another port");
+	d = disk("/dev/sde", "pci-0000:00:14.0-usb-0:4.2:1.0-scsi-0:0:0:0");
+	ok(!ps_disk_under_board(&d, &b), "and 4.2 (behind a hub on 4) too");
+	memset(&b, 0, sizeof(b));
+	d = disk("/dev/sde", "");
+	ok(!ps_disk_under_board(&d, &b), "nothing known matches nothing");
+
+	/* The helper command, its values quoted for sh. */
+	memset(&b, 0, sizeof(b));
+	b.vid = 0x0a5c;
+	b.pid = 0x2711;
+	snprintf(b.port, sizeof(b.port), "1-4.2");
+	snprintf(b.id_path, sizeof(b.id_path), "pci-0000:00:14.0-usb-0:4.2");
+	snprintf(b.serial, sizeof(b.serial), "it's $(reboot)");
+	is_int(ps_board_helper_command(&cfg.boards[0], &b, text, sizeof(text), &err), 0,
+	       "helper command");
+	is_str(text, "rpiboot -p '1-4.2'", "{port} is the quoted bus-port path");
+	free(cfg.boards[0].helper);
+	cfg.boards[0].helper = strdup("h {id_path} {serial} {vid}:{pid} {unknown} {port");
+	is_int(ps_board_helper_command(&cfg.boards[0], &b, text, sizeof(text), &err), 0,
+	       "every placeholder");
+	is_str(text,
+	       "h 'pci-0000:00:14.0-usb-0:4.2' 'it'\\''s $(reboot)' '0a5c':'2711' {unknown} {port",
+	       "quoted, a quote in a value closed and reopened; unknown ones left");
+	is_int(ps_board_helper_command(&cfg.boards[0], &b, tiny, sizeof(tiny), &err), PS_EINVAL,
+	       "a command that does not fit is refused");
+	contains(err.msg, "board cm4", "naming the board: %s", err.msg);
+	is_int(ps_board_helper_command(&cfg.boards[1], &b, text, sizeof(text), &err), 0,
+	       "a board without helper");
+	is_str(text, "", "has an empty command");
 
 	/* Serials. */
 	d = disk("/dev/sdb", "pci-0000:00:14.0-usb-0:2:1.0-scsi-0:0:0:0");
