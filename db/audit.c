@@ -330,14 +330,15 @@ void ps_db_close(struct ps_db *db)
 	free(db);
 }
 
-int ps_db_check_integrity(struct ps_db *db, struct ps_err *err)
+int ps_db_check_integrity(struct ps_db *db, bool quick, struct ps_err *err)
 {
 	sqlite3_stmt *st = NULL;
 	char first[512] = "";
 	long problems = 0;
 	int step, rc;
 
-	rc = db_prepare(db, "PRAGMA integrity_check", &st, "checking integrity", err);
+	rc = db_prepare(db, quick ? "PRAGMA quick_check" : "PRAGMA integrity_check", &st,
+			"checking integrity", err);
 	if (rc < 0)
 		goto out;
 	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
@@ -349,7 +350,10 @@ int ps_db_check_integrity(struct ps_db *db, struct ps_err *err)
 			snprintf(first, sizeof(first), "%s", line);
 	}
 	if (step != SQLITE_DONE) {
-		rc = db_fail(db, PS_EDB, "checking integrity", err);
+		rc = ps_fail(err, PS_EDB,
+			     "audit database %s failed SQLite's integrity check (%s); restore it "
+			     "from a backup",
+			     db->path, sqlite3_errmsg(db->sql));
 		goto out;
 	}
 	if (problems > 0)
@@ -1142,7 +1146,7 @@ int ps_db_backup(struct ps_db *db, const char *dest, struct ps_err *err)
 	}
 	view.sql = copy;
 	snprintf(view.path, sizeof(view.path), "%s", tmp);
-	rc = ps_db_check_integrity(&view, err);
+	rc = ps_db_check_integrity(&view, false, err);
 	if (rc < 0)
 		goto out;
 	sqlite3_close(copy);

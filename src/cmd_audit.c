@@ -531,7 +531,7 @@ int cmd_audit(int argc, char **argv)
 		printf("backup of %s written to %s (integrity ok)\n", cfg.database, dest);
 		goto out;
 	}
-	if (ps_db_check_integrity(db, &err) < 0 || ps_db_verify(db, &rep, &err) < 0)
+	if (ps_db_check_integrity(db, false, &err) < 0 || ps_db_verify(db, &rep, &err) < 0)
 		goto fail;
 	printf("audit database %s: integrity ok; %ld events in an unbroken chain, head %s; "
 	       "%ld certificates match their events\n",

@@ -1314,7 +1314,7 @@ int ps_station_open(const struct ps_config *cfg, struct ps_ca *ca, struct ps_sta
 	}
 	rc = ps_db_open(cfg->database, &st->ui_db, err);
 	if (rc == 0)
-		rc = ps_db_check_integrity(st->ui_db, err);
+		rc = ps_db_check_integrity(st->ui_db, true, err);
 	if (rc < 0)
 		goto out;
 	st->pass_today = count_today(st->ui_db, PS_STATE_VERIFIED);

@@ -299,7 +299,8 @@ static void test_chain(struct ps_db *db)
 	struct ps_db_verify_report rep;
 	struct ps_err err = {""};
 
-	ok(ps_db_check_integrity(db, &err) == 0, "integrity check: %s", err.msg);
+	ok(ps_db_check_integrity(db, false, &err) == 0, "integrity check: %s", err.msg);
+	ok(ps_db_check_integrity(db, true, &err) == 0, "quick integrity check: %s", err.msg);
 	ok(ps_db_verify(db, &rep, &err) == 0, "the chain verifies: %s", err.msg);
 	ok(rep.events > 10 && rep.certificates == 6 && strlen(rep.head) == 64,
 	   "%ld events, %ld certificates, head hash", rep.events, rep.certificates);

@@ -552,6 +552,37 @@ static void flash_slots(struct ps_ca *ca, const char *srcdir)
 	ps_config_free(&cfg);
 }
 
+/* A damaged audit database: the station refuses to start, naming the check that failed. */
+static void damaged_database(struct ps_ca *ca)
+{
+	struct ps_config cfg;
+	struct ps_station *st = NULL;
+	struct ps_err err = {""};
+	char text[1024], cmd[4096], audit[512], damaged[512];
+	int rc;
+
+	snprintf(audit, sizeof(audit), "%s", path("audit.db"));
+	snprintf(damaged, sizeof(damaged), "%s", path("damaged.db"));
+	/* The events table's root page gets a broken b-tree header. */
+	snprintf(cmd, sizeof(cmd),
+		 "sqlite3 %s \"VACUUM INTO '%s'\" && "
+		 "python3 -c 'import sys; f = open(sys.argv[1], \"r+b\"); "
+		 "f.seek((int(sys.argv[2]) - 1) * int(sys.argv[3])); f.write(b\"\\x0d\" + "
+		 "b\"\\xff\" * 300)' %s "
+		 "$(sqlite3 %s \"SELECT rootpage FROM sqlite_master WHERE name = 'events'\") "
+		 "$(sqlite3 %s 'PRAGMA page_size')",
+		 audit, damaged, damaged, damaged, damaged);
+	ok(run(cmd) == 0, "a copy of the audit database, damaged");
+	snprintf(text, sizeof(text), "[station]\nid = test-station\ndatabase = %s\nhotplug = no\n",
+		 damaged);
+	ok(ps_config_load_string(&cfg, text, "test", &err) == 0, "config: %s", err.msg);
+	rc = ps_station_open(&cfg, ca, &st, &err);
+	ok(rc == PS_EDB && st == NULL, "the station does not start on it (%d)", rc);
+	contains(err.msg, "failed SQLite's integrity check (", "and says why: %s", err.msg);
+	ps_station_close(st);
+	ps_config_free(&cfg);
+}
+
 int main(void)
 {
 	struct ps_config cfg;
@@ -662,6 +693,7 @@ int main(void)
 	test_boards(st);
 	ps_station_close(st);
 	ps_config_free(&cfg);
+	damaged_database(&ca);
 	flash_slots(&ca, srcdir);
 	ps_ca_free(&ca);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
