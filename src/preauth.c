@@ -398,12 +398,14 @@ int ps_preauth_parse_location(const char *location, char *id, size_t id_len, str
 
 void ps_preauth_error_message(const char *body, size_t len, char *out, size_t out_len)
 {
-	json_t *root = body ? json_loadb(body, len, 0, NULL) : NULL;
-	const char *msg = json_string_value(json_object_get(root, "error"));
+	json_t *root;
+	const char *msg;
 
 	if (out_len == 0)
-		return;
+		return; /* before anything is allocated */
 	out[0] = '\0';
+	root = body ? json_loadb(body, len, 0, NULL) : NULL;
+	msg = json_string_value(json_object_get(root, "error"));
 	if (msg != NULL) {
 		clean_copy(out, out_len < 300 ? out_len : 300, msg, SIZE_MAX);
 	} else if (body != NULL && root == NULL) {
@@ -454,12 +456,13 @@ long ps_preauth_backoff_ms(long attempts, long base_ms, long max_ms, uint32_t ra
 
 	if (max_ms < delay)
 		max_ms = delay;
-	while (--attempts > 0 && delay < max_ms)
+	for (; attempts > 1 && delay < max_ms; attempts--)
 		delay = delay > max_ms / 2 ? max_ms : delay * 2;
 	if (delay > max_ms)
 		delay = max_ms;
 	half = delay / 2;
-	return half + (long)(random % (uint32_t)(delay - half + 1));
+	/* In 64 bits: a span of 2^32 must not become a division by zero. */
+	return half + (long)((uint64_t)random % (uint64_t)(delay - half + 1));
 }
 
 const char *ps_preauth_result_name(enum ps_preauth_result result)

@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <openssl/pem.h>
 #include <pthread.h>
@@ -243,6 +244,11 @@ static void test_answers(void)
 	is_str(msg, "", "JSON without error: nothing");
 	ps_preauth_error_message(NULL, 0, msg, sizeof(msg));
 	is_str(msg, "", "no body: nothing");
+	/* Found by fuzz_mgmt_api: no room returned before freeing the parsed body (a leak that
+	 * valgrind.sh and the sanitizer build see). */
+	msg[0] = 'X';
+	ps_preauth_error_message("{\"error\": \"x\"}", 14, msg, 0);
+	ok(msg[0] == 'X', "no room for the message: nothing written");
 
 	is_int(ps_preauth_retry_after_ms("5", 0), 5000, "Retry-After: 5");
 	is_int(ps_preauth_retry_after_ms(" 0 ", 0), 0, "Retry-After: 0");
@@ -270,6 +276,10 @@ static void test_answers(void)
 	ok(ms >= 300000 && ms <= 600000, "backoff after many attempts stays within the cap (%ld)",
 	   ms);
 	ok(ps_preauth_backoff_ms(0, 0, 0, 0) >= 0, "backoff with nonsense arguments");
+	/* Found by fuzz_mgmt_api: a jitter span of exactly 2^32 ms was a division by zero. */
+	is_int(ps_preauth_backoff_ms(1, 8589934590L, 0, 7), 4294967295L + 7,
+	       "backoff of 2^33-2 ms: a jitter span of 2^32 is no division by zero");
+	ok(ps_preauth_backoff_ms(LONG_MIN, 100, 400, 1) == 51, "backoff with attempts LONG_MIN");
 }
 
 static void test_pubkeys(const char *a, const char *b)
