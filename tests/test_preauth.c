@@ -250,6 +250,29 @@ static void test_answers(void)
 	ps_preauth_error_message("{\"error\": \"x\"}", 14, msg, 0);
 	ok(msg[0] == 'X', "no room for the message: nothing written");
 
+	{
+		static const char *const bad[] = {"",	  " \r\n",    "\"\"",	   "a b",
+						  "a\"b", "\"a\\b\"", "tok\x01en", "t\xc3\xa9"};
+		char *tok = NULL;
+
+		ok(ps_preauth_parse_token("eyJ.a-b_c.d\r\n", 13, &tok, &err) == 0 && tok &&
+		       strcmp(tok, "eyJ.a-b_c.d") == 0,
+		   "a raw JWT, trailing newline dropped");
+		ps_free_secret_str(tok);
+		ok(ps_preauth_parse_token("\"eyJ.x.y\"\n", 10, &tok, &err) == 0 && tok &&
+		       strcmp(tok, "eyJ.x.y") == 0,
+		   "a JWT as a JSON string");
+		ps_free_secret_str(tok);
+		ok(ps_preauth_parse_token("ab\0cd", 5, &tok, &err) < 0 && tok == NULL,
+		   "a token with a NUL inside is refused");
+		for (i = 0; i < (int)(sizeof(bad) / sizeof(bad[0])); i++)
+			if (ps_preauth_parse_token(bad[i], strlen(bad[i]), &tok, &err) == 0 ||
+			    tok != NULL || strstr(err.msg, bad[i][0] ? bad[i] : "\x01") != NULL)
+				break;
+		is_int(i, (int)(sizeof(bad) / sizeof(bad[0])),
+		       "blank, quoted, spaced, escaped and control tokens are refused, unechoed");
+	}
+
 	is_int(ps_preauth_retry_after_ms("5", 0), 5000, "Retry-After: 5");
 	is_int(ps_preauth_retry_after_ms(" 0 ", 0), 0, "Retry-After: 0");
 	is_int(ps_preauth_retry_after_ms("99999999999999999999", 0), 3600000,
