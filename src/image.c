@@ -17,7 +17,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define TEMP_PREFIX ".provstation-new-"
+#define TEMP_PREFIX	".provstation-new-"
+#define OLD_TEMP_PREFIX ".provstation-old-" /* the same length */
 
 io_manager ps_image_io_manager;
 
@@ -648,17 +649,117 @@ int ps_fs_check_write(struct ps_fs *fs, const struct ps_fs_file *files, size_t n
 /* Crash safety. libext2fs writes in place, without the journal, so no state of the medium
  * between two writes may be one that e2fsck cannot put right without asking, and no name may
  * ever hold part of a file. Every name changes in one directory-block write, and around it the
- * writes go in this order, with the medium flushed (block cache written out, fsync) between
- * the steps so that neither libext2fs's cache nor the kernel can reorder them:
+ * writes go in an order such that, whatever write is the last to land:
  *
- *   new inode:  content and inode written unlinked (links 0, dtime set: e2fsck reads it as
- *               deleted), bitmaps flushed; then the name is linked; then links 1;
- *   old inode:  links 0 and dtime first; then the name is unlinked; then its blocks and the
- *               inode are freed in the bitmaps.
+ *   - a name never points at an inode whose link count is 0: e2fsck reads such an inode as
+ *     deleted whatever its dtime says, and clears the name;
+ *   - an inode with a link count but no name is always empty (no blocks, no extended
+ *     attributes): e2fsck -p clears an unattached empty inode without asking, but asks
+ *     before connecting one with content to lost+found;
+ *   - a link count never exceeds the names, and falls short of them by one only while a
+ *     temporary name and the real one (or the old inode's second name and its real one)
+ *     point at the same inode, for one step: e2fsck -p corrects the count without asking,
+ *     and the next run knows that temporary as uncounted. (A count above the names, left
+ *     without a temporary to mark it, could not be told from hard links of the image's
+ *     own.)
+ *   - blocks and inodes are marked in use in the bitmaps before anything refers to them and
+ *     marked free only after nothing does (leaked ones are bitmap differences that e2fsck -p
+ *     repairs silently).
  *
- * An interruption leaves at worst leaked blocks and inodes (bitmap and count differences),
- * or, between the two writes that link or unlink a temporary name, that temporary name
- * pointing at a deleted inode, which e2fsck -p clears and the next run removes. */
+ * The medium is flushed between the steps (libext2fs's block cache written out, fsync), so
+ * that neither the cache nor the kernel reorders them:
+ *
+ *   new inode:  content and inode written as deleted (links 0, dtime set), bitmaps flushed;
+ *               then the inode written empty with links 1; then its temporary name linked
+ *               (a name of an empty file); then the inode written complete (one inode write:
+ *               the mapping and size of the first step, whose blocks are already on the
+ *               medium);
+ *   the name:   the temporary renamed in place (a new name in a linear directory) or swapped
+ *               with the name it replaces, in one directory-block write when both share
+ *               one; otherwise the name is linked beside the temporary (a new name in a
+ *               hashed directory), or the old inode gets a second name (.provstation-old-*)
+ *               and the name is pointed at the new inode; then the temporary unlinked;
+ *   old inode:  written empty with links 1 (its blocks now leaked); then its last name
+ *               unlinked; then written deleted (links 0, dtime); then its blocks and the
+ *               inode freed in the bitmaps. With other names only the name goes and the
+ *               count drops.
+ *
+ * An interruption leaves at worst leaked blocks and inodes, an unattached empty inode, a
+ * count one short of the names beside a temporary, and temporary names holding an empty, a
+ * complete or an old file, which the next run removes. (An old inode whose content cannot
+ * be emptied in one inode write, with inline data or an extended attribute block, is
+ * released the way it was before: links 0 first, so that an interruption between that write
+ * and the unlinking leaves a temporary name pointing at a deleted inode, which e2fsck -p
+ * clears.) */
+
+/* The largest on-disk inode handled whole (mke2fs makes 128 or 256 bytes; up to the block
+ * size is allowed). */
+#define INODE_MAX 1024
+
+/* An inode as on the medium: the base fields, the extra ones, in-inode extended attributes. */
+union inode_buf {
+	struct ext2_inode small;
+	struct ext2_inode_large large;
+	char raw[INODE_MAX];
+};
+
+static int inode_size(struct ps_fs *fs)
+{
+	return EXT2_INODE_SIZE(fs->fs->super);
+}
+
+static errcode_t read_whole(struct ps_fs *fs, ext2_ino_t ino, union inode_buf *b)
+{
+	memset(b, 0, sizeof(*b));
+	if (inode_size(fs) > INODE_MAX)
+		return ext2fs_read_inode(fs->fs, ino, &b->small);
+	return ext2fs_read_inode_full(fs->fs, ino, &b->small, inode_size(fs));
+}
+
+static errcode_t write_whole(struct ps_fs *fs, ext2_ino_t ino, union inode_buf *b)
+{
+	if (inode_size(fs) > INODE_MAX)
+		return ext2fs_write_inode(fs->fs, ino, &b->small);
+	return ext2fs_write_inode_full(fs->fs, ino, &b->small, inode_size(fs));
+}
+
+/* *to: from without content, as one inode write can make it: size 0, no blocks, an empty
+ * mapping, no in-inode extended attributes, links 1, dtime 0. False when that cannot be
+ * done in one write (inline data, an extended attribute block, an inode larger than
+ * INODE_MAX, a mapping that will not initialize). */
+static bool empty_copy(struct ps_fs *fs, ext2_ino_t ino, const union inode_buf *from,
+		       union inode_buf *to)
+{
+	int size = inode_size(fs);
+
+	if (size > INODE_MAX || (from->small.i_flags & EXT4_INLINE_DATA_FL) ||
+	    ext2fs_file_acl_block(fs->fs, &from->small) != 0)
+		return false;
+	*to = *from;
+	to->small.i_size = 0;
+	to->small.i_size_high = 0;
+	if (ext2fs_iblk_set(fs->fs, &to->small, 0) != 0)
+		return false;
+	memset(to->small.i_block, 0, sizeof(to->small.i_block));
+	if (from->small.i_flags & EXT4_EXTENTS_FL) {
+		ext2_extent_handle_t extents;
+
+		/* An all-zero i_block gets an empty extent header. */
+		if (ext2fs_extent_open2(fs->fs, ino, &to->small, &extents) != 0)
+			return false;
+		ext2fs_extent_free(extents);
+	}
+	if (size > EXT2_GOOD_OLD_INODE_SIZE) {
+		size_t extra = EXT2_GOOD_OLD_INODE_SIZE + (size_t)to->large.i_extra_isize;
+
+		if (extra > (size_t)size)
+			return false;
+		memset(to->raw + extra, 0, (size_t)size - extra);
+	}
+	to->small.i_links_count = 1;
+	to->small.i_dtime = 0;
+	return true;
+}
 
 /* Write an inode's link count and deletion time. */
 static errcode_t set_links(struct ps_fs *fs, ext2_ino_t ino, __u16 links, __u32 dtime)
@@ -674,7 +775,13 @@ static errcode_t set_links(struct ps_fs *fs, ext2_ino_t ino, __u16 links, __u32 
 	return code;
 }
 
-/* Write out libext2fs's block cache and make the medium durable (an ordering point). */
+static __u32 dtime_now(struct ps_fs *fs)
+{
+	return (__u32)fs->fs->now ? (__u32)fs->fs->now : 1;
+}
+
+/* Write out libext2fs's block cache and make the medium durable (an ordering point; the
+ * bitmaps are written by flush()). */
 static int sync_medium(struct ps_fs *fs, struct ps_err *err)
 {
 	errcode_t code = io_channel_flush(fs->fs->io);
@@ -686,8 +793,8 @@ static int sync_medium(struct ps_fs *fs, struct ps_err *err)
 }
 
 /* Allocate an inode owned by root with mode and write data into it, unlinked: links 0 and
- * dtime set until a name points at it. *out is set as soon as the inode is allocated, so
- * that a failure half-way can free it. */
+ * dtime set (e2fsck reads it as deleted) until it is written empty with links 1. *out is set as
+ * soon as the inode is allocated, so that a failure half-way can free it. */
 static int create_inode(struct ps_fs *fs, ext2_ino_t dir, const struct ps_fs_file *file,
 			ext2_ino_t *out, struct ps_err *err)
 {
@@ -738,20 +845,26 @@ fail:
 	return fs_fail(fs, code, PS_EIO, "writing", file->path, err);
 }
 
-/* Free an inode whose link count is 0 on the medium and that no name points at: its blocks
- * and the inode itself, in the bitmaps (written by the next flush). */
-static errcode_t free_inode(struct ps_fs *fs, ext2_ino_t ino)
+/* Free an inode that no name points at and that is deleted on the medium (links 0), its
+ * blocks taken from mapping (the inode as it was before it was emptied; NULL: as it is now):
+ * the blocks and the inode in the bitmaps, written by the next flush. */
+static errcode_t release_inode(struct ps_fs *fs, ext2_ino_t ino, const union inode_buf *mapping)
 {
-	struct ext2_inode inode;
-	errcode_t code = ext2fs_read_inode(fs->fs, ino, &inode);
+	union inode_buf b;
+	errcode_t code = 0;
 
-	if (code == 0 && ext2fs_inode_has_valid_blocks2(fs->fs, &inode))
-		code = ext2fs_punch(fs->fs, ino, &inode, NULL, 0, ~0ULL);
-	if (code == 0) {
-		inode.i_links_count = 0;
-		inode.i_dtime = (__u32)fs->fs->now ? (__u32)fs->fs->now : 1;
-		code = ext2fs_write_inode(fs->fs, ino, &inode);
-	}
+	if (mapping != NULL)
+		b = *mapping;
+	else
+		code = read_whole(fs, ino, &b);
+	if (code != 0)
+		return code;
+	b.small.i_links_count = 0;
+	b.small.i_dtime = dtime_now(fs);
+	if (ext2fs_inode_has_valid_blocks2(fs->fs, &b.small))
+		code = ext2fs_punch(fs->fs, ino, &b.small, NULL, 0, ~0ULL);
+	if (code == 0)
+		code = ext2fs_write_inode(fs->fs, ino, &b.small);
 	if (code == 0)
 		ext2fs_inode_alloc_stats2(fs->fs, ino, -1, 0);
 	return code;
@@ -763,20 +876,26 @@ struct drop {
 	const char *name;
 	ext2_ino_t ino;
 	const char *path; /* for messages */
-	bool other_links; /* the inode has further names: only its link count drops */
-	int step;	  /* 1: link count written, 2: name removed */
+	/* Other names point at the inode: only the name goes, and the count drops by one when
+	 * it counted the name. */
+	enum { OTHERS_NONE, OTHERS_COUNTED, OTHERS_UNCOUNTED } others;
+	const union inode_buf *mapping; /* the inode's blocks (NULL: as read now) */
+	enum { DROP_OTHER, DROP_DELETED, DROP_EMPTIED, DROP_LINKS0 } how;
+	int step;	     /* 1: first write done, 2: name removed */
+	union inode_buf was; /* the inode before the first write */
 };
 
 /* Remove names and release their inodes in the crash-safe order (see above). A name is
  * removed only while it still points at the expected inode. A failure does not stop the
  * others: each name ends either removed with its inode released, or in place with its inode
- * as it was, and the first error is returned. */
+ * as it was, and the first error is returned. The bitmaps are written by the caller's
+ * flush. */
 static int drop_names(struct ps_fs *fs, struct drop *d, size_t n, struct ps_err *err)
 {
-	struct ext2_inode inode;
-	__u32 now = (__u32)fs->fs->now ? (__u32)fs->fs->now : 1;
+	union inode_buf empty;
 	errcode_t code, first = 0;
 	const char *what = NULL, *path = NULL;
+	bool synced;
 	size_t i;
 
 #define NOTE(c, w, p)                                                                              \
@@ -789,23 +908,43 @@ static int drop_names(struct ps_fs *fs, struct drop *d, size_t n, struct ps_err 
 	} while (0)
 	if (n == 0)
 		return 0;
+	/* 1: the inode emptied (links 1), or marked deleted when it cannot be emptied. */
 	for (i = 0; i < n; i++) {
 		d[i].step = 0;
-		code = ext2fs_read_inode(fs->fs, d[i].ino, &inode);
-		d[i].other_links = code == 0 && inode.i_links_count > 1;
-		if (code == 0 && !d[i].other_links) {
-			code = set_links(fs, d[i].ino, 0, now);
+		code = read_whole(fs, d[i].ino, &d[i].was);
+		if (code == 0 && d[i].others != OTHERS_NONE) {
+			d[i].how = DROP_OTHER;
+		} else if (code == 0 && d[i].was.small.i_links_count == 0) {
+			d[i].how = DROP_DELETED; /* already: only the name goes */
+		} else if (code == 0 &&
+			   empty_copy(fs, d[i].ino, d[i].mapping ? d[i].mapping : &d[i].was,
+				      &empty)) {
+			d[i].how = DROP_EMPTIED;
+			code = write_whole(fs, d[i].ino, &empty);
 			/* libext2fs changed its copy of the inode table block before the write
 			 * failed; the change would land with the next write of that block. */
 			if (code != 0)
-				set_links(fs, d[i].ino, 1, 0);
+				write_whole(fs, d[i].ino, &d[i].was);
+		} else if (code == 0) {
+			d[i].how = DROP_LINKS0;
+			code = set_links(fs, d[i].ino, 0, dtime_now(fs));
+			if (code != 0)
+				set_links(fs, d[i].ino, d[i].was.small.i_links_count, 0);
 		}
 		NOTE(code, "releasing the old", d[i].path);
 		if (code == 0)
 			d[i].step = 1;
 	}
+	/* Unlinking before those writes are on the medium could leave a name's inode with
+	 * content and no name: not without them. */
 	code = io_channel_flush(fs->fs->io);
 	NOTE(code, "flushing before unlinking", d[0].path);
+	for (i = 0; code != 0 && i < n; i++)
+		if (d[i].step == 1 && d[i].how != DROP_OTHER && d[i].how != DROP_DELETED)
+			write_whole(fs, d[i].ino, &d[i].was);
+	if (code != 0)
+		goto out;
+	/* 2: the names. */
 	for (i = 0; i < n; i++) {
 		if (d[i].step != 1)
 			continue;
@@ -813,29 +952,47 @@ static int drop_names(struct ps_fs *fs, struct drop *d, size_t n, struct ps_err 
 		NOTE(code, "unlinking a temporary of", d[i].path);
 		if (code == 0) {
 			d[i].step = 2;
-		} else if (!d[i].other_links) {
-			/* The name is still there: it names the inode again. */
-			code = set_links(fs, d[i].ino, 1, 0);
+		} else if (d[i].how == DROP_EMPTIED || d[i].how == DROP_LINKS0) {
+			/* The name is still there: it names the inode as it was again. */
+			code = write_whole(fs, d[i].ino, &d[i].was);
 			NOTE(code, "restoring", d[i].path);
 		}
 	}
 	/* The names are gone on the medium before anything else is written. */
 	code = io_channel_flush(fs->fs->io);
 	NOTE(code, "flushing after unlinking", d[0].path);
+	if (code != 0)
+		goto out;
+	/* 3: the counts of inodes with other names; the others deleted on the medium before
+	 * the bitmaps free them. */
 	for (i = 0; i < n; i++) {
 		if (d[i].step != 2)
 			continue;
-		if (d[i].other_links) {
-			code = ext2fs_read_inode(fs->fs, d[i].ino, &inode);
-			if (code == 0) {
-				inode.i_links_count--;
-				code = ext2fs_write_inode(fs->fs, d[i].ino, &inode);
+		if (d[i].how == DROP_OTHER) {
+			code = ext2fs_read_inode(fs->fs, d[i].ino, &d[i].was.small);
+			if (code == 0 && d[i].others == OTHERS_COUNTED &&
+			    d[i].was.small.i_links_count > 1) {
+				d[i].was.small.i_links_count--;
+				code = ext2fs_write_inode(fs->fs, d[i].ino, &d[i].was.small);
 			}
-		} else {
-			code = free_inode(fs, d[i].ino);
+			d[i].step = 3;
+		} else if (d[i].how == DROP_EMPTIED) {
+			code = set_links(fs, d[i].ino, 0, dtime_now(fs));
+			if (code != 0)
+				d[i].step = 3; /* left unattached and empty: leaked */
 		}
 		NOTE(code, "releasing the old", d[i].path);
 	}
+	code = io_channel_flush(fs->fs->io);
+	NOTE(code, "flushing after releasing", d[0].path);
+	synced = code == 0;
+	for (i = 0; synced && i < n; i++) {
+		if (d[i].step != 2 || d[i].how == DROP_DELETED)
+			continue;
+		code = release_inode(fs, d[i].ino, d[i].mapping ? d[i].mapping : &d[i].was);
+		NOTE(code, "releasing the old", d[i].path);
+	}
+out:
 #undef NOTE
 	return first ? fs_fail(fs, first, PS_EIO, what, path, err) : 0;
 }
@@ -877,37 +1034,82 @@ struct pending {
 	const struct ps_fs_file *file;
 	ext2_ino_t dir;
 	const char *base;
-	char temp[256];
-	ext2_ino_t old_ino;  /* 0: the name is new */
-	ext2_ino_t new_ino;  /* 0: not allocated yet */
-	const char *link_as; /* the name phase 1 links: temp, or base in a hashed directory */
-	bool renames;	     /* a new name: its temporary is renamed in place in phase 2 */
+	char temp[256];	    /* names the new inode until it has its name */
+	char old_temp[256]; /* names the old inode while the name moves (split) */
+	ext2_ino_t old_ino; /* 0: the name is new */
+	ext2_ino_t new_ino; /* 0: not allocated yet */
+	bool renames;	    /* a new name: its temporary is renamed in place in phase 2 */
+	bool links_base;    /* a new name in a hashed directory: linked beside the temporary */
+	bool hashed;	    /* the directory is hashed (htree) */
+	bool split;	    /* the name and the temporary may not share a directory block */
+	long base_block, temp_block; /* the directory blocks holding them (locate) */
 	bool swapped;
+	bool have_full;	      /* full holds the new inode as create_inode wrote it */
+	union inode_buf full; /* its content's mapping and size */
 };
 
-struct swap_ctx {
+struct walk_ctx {
 	struct pending *items;
 	size_t n;
 	ext2_ino_t dir;
+	long block; /* the directory block being walked (locate) */
 };
 
-/* Swap the inode numbers of "name" and its temporary twin, in the same directory walk so
- * that entries in one block are rewritten by a single block write. */
+static bool dirent_is(const struct ext2_dir_entry *dirent, const char *name, ext2_ino_t ino)
+{
+	size_t len = (size_t)ext2fs_dirent_name_len(dirent);
+
+	return dirent->inode == ino && len == strlen(name) && strncmp(dirent->name, name, len) == 0;
+}
+
+/* Find the directory blocks of each name being replaced and of its temporary. Empty entries
+ * are walked too, so that every block starts at offset 0. */
+static int locate_entries(ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent, int offset,
+			  int blocksize, char *buf, void *priv)
+{
+	struct walk_ctx *ctx = priv;
+	size_t i;
+
+	(void)dir;
+	(void)entry;
+	(void)blocksize;
+	(void)buf;
+	if (offset == 0)
+		ctx->block++;
+	for (i = 0; dirent->inode != 0 && i < ctx->n; i++) {
+		struct pending *p = &ctx->items[i];
+
+		if (p->dir != ctx->dir || p->old_ino == 0)
+			continue;
+		if (dirent_is(dirent, p->base, p->old_ino))
+			p->base_block = ctx->block;
+		else if (dirent_is(dirent, p->temp, p->new_ino))
+			p->temp_block = ctx->block;
+	}
+	return 0;
+}
+
+/* Phase 2's directory walk: swap the inode numbers of a name and its temporary when they are
+ * in the same block (one block write), point a name in another block than its temporary at
+ * the new inode, rename the temporaries of new names in place. */
 static int swap_entries(ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent, int offset,
 			int blocksize, char *buf, void *priv)
 {
-	struct swap_ctx *ctx = priv;
-	int len = ext2fs_dirent_name_len(dirent);
+	struct walk_ctx *ctx = priv;
 	int ret = 0;
 	size_t i;
 
+	(void)dir;
+	(void)entry;
+	(void)offset;
+	(void)blocksize;
+	(void)buf;
 	for (i = 0; i < ctx->n; i++) {
 		struct pending *p = &ctx->items[i];
 
 		if (p->dir != ctx->dir)
 			continue;
-		if (p->renames && (size_t)len == strlen(p->temp) &&
-		    strncmp(dirent->name, p->temp, len) == 0 && dirent->inode == p->new_ino) {
+		if (p->renames && dirent_is(dirent, p->temp, p->new_ino)) {
 			/* The base name is a suffix of the temporary one: it fits in place. */
 			memcpy(dirent->name, p->base, strlen(p->base));
 			ext2fs_dirent_set_name_len(dirent, (int)strlen(p->base));
@@ -917,14 +1119,11 @@ static int swap_entries(ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent
 		}
 		if (p->old_ino == 0)
 			continue;
-		if ((size_t)len == strlen(p->base) && strncmp(dirent->name, p->base, len) == 0 &&
-		    dirent->inode == p->old_ino) {
+		if (dirent_is(dirent, p->base, p->old_ino)) {
 			dirent->inode = p->new_ino;
 			p->swapped = true;
 			ret |= DIRENT_CHANGED;
-		} else if ((size_t)len == strlen(p->temp) &&
-			   strncmp(dirent->name, p->temp, len) == 0 &&
-			   dirent->inode == p->new_ino) {
+		} else if (!p->split && dirent_is(dirent, p->temp, p->new_ino)) {
 			dirent->inode = p->old_ino;
 			ret |= DIRENT_CHANGED;
 		}
@@ -932,52 +1131,157 @@ static int swap_entries(ext2_ino_t dir, int entry, struct ext2_dir_entry *dirent
 	return ret;
 }
 
-/* After a failure before the names were swapped: remove the new inodes and the names that
- * point at them, so that the partition holds what it held before. A name is touched only
- * while it still points at the new inode; an inode is freed only when no name points at it,
- * so the bitmaps in memory stay safe to write out whatever fails here. */
+/* One walk per directory of the batch. */
+static int walk_dirs(struct ps_fs *fs, struct pending *items, size_t n,
+		     int (*fn)(ext2_ino_t, int, struct ext2_dir_entry *, int, int, char *, void *),
+		     int flags, struct ps_err *err)
+{
+	size_t i, j;
+
+	for (i = 0; i < n; i++) {
+		struct walk_ctx ctx = {items, n, items[i].dir, -1};
+		bool seen = false;
+		errcode_t code;
+
+		for (j = 0; j < i; j++)
+			seen |= items[j].dir == items[i].dir;
+		if (seen)
+			continue;
+		code = ext2fs_dir_iterate2(fs->fs, ctx.dir, flags, NULL, fn, &ctx);
+		if (code != 0)
+			return fs_fail(fs, code, PS_EIO, "replacing", items[i].file->path, err);
+	}
+	return 0;
+}
+
+/* The removal of name, which points at the old inode and is the one counted (its last name,
+ * unless the count says there are hard links). */
+static struct drop old_drop(struct ps_fs *fs, const struct pending *p, const char *name)
+{
+	struct ext2_inode inode;
+
+	return (struct drop){.dir = p->dir,
+			     .name = name,
+			     .ino = p->old_ino,
+			     .path = p->file->path,
+			     .others = ext2fs_read_inode(fs->fs, p->old_ino, &inode) == 0 &&
+					       inode.i_links_count > 1
+					   ? OTHERS_COUNTED
+					   : OTHERS_NONE};
+}
+
+/* After a failure before every name had its new inode: a name that still has its old inode
+ * (or none) keeps it, and the new inode and its temporary are removed; a name that has its
+ * new inode keeps that, and the temporaries of both are removed with the old inode. A name
+ * is touched only while it points at the inode expected; an inode is freed only when no
+ * name points at it, so the bitmaps in memory stay safe to write out whatever fails here. */
 static void roll_back(struct ps_fs *fs, struct pending *items, size_t n)
 {
-	struct drop *drops = calloc(n ? n : 1, sizeof(*drops));
+	struct drop *drops = calloc(2 * n + 1, sizeof(*drops));
+	bool *unnamed = calloc(n ? n : 1, sizeof(*unnamed));
 	size_t i, n_drops = 0;
-	int rc = drops == NULL ? PS_ENOMEM : 0;
+	int rc = drops == NULL || unnamed == NULL ? PS_ENOMEM : 0;
 
 	for (i = 0; rc == 0 && i < n; i++) {
 		struct pending *p = &items[i];
-		ext2_ino_t as_temp = 0, as_base = 0;
-		errcode_t c1, c2;
+		ext2_ino_t as_temp = 0, as_base = 0, as_old = 0;
+		errcode_t c1, c2, c3;
 
 		if (p->new_ino == 0)
 			continue;
 		c1 = ext2fs_lookup(fs->fs, p->dir, p->temp, (int)strlen(p->temp), NULL, &as_temp);
 		c2 = ext2fs_lookup(fs->fs, p->dir, p->base, (int)strlen(p->base), NULL, &as_base);
+		c3 = ext2fs_lookup(fs->fs, p->dir, p->old_temp, (int)strlen(p->old_temp), NULL,
+				   &as_old);
 		if ((c1 != 0 && c1 != EXT2_ET_FILE_NOT_FOUND) ||
-		    (c2 != 0 && c2 != EXT2_ET_FILE_NOT_FOUND))
+		    (c2 != 0 && c2 != EXT2_ET_FILE_NOT_FOUND) ||
+		    (c3 != 0 && c3 != EXT2_ET_FILE_NOT_FOUND))
 			rc = PS_EIO;
-		else if (as_base == p->new_ino && p->link_as != p->base)
-			rc = PS_EIO; /* the swap reached the directory after all: leave it */
-		else if (as_base == p->new_ino || as_temp == p->new_ino)
+		if (rc < 0)
+			break;
+		if (as_base == p->new_ino) {
+			/* The name reached the directory: finish. */
+			if (as_temp == p->new_ino)
+				drops[n_drops++] = (struct drop){.dir = p->dir,
+								 .name = p->temp,
+								 .ino = p->new_ino,
+								 .path = p->file->path,
+								 .others = OTHERS_UNCOUNTED};
+			else if (as_temp != 0 && as_temp == p->old_ino)
+				drops[n_drops++] = old_drop(fs, p, p->temp);
+			if (as_old != 0 && as_old == p->old_ino)
+				drops[n_drops++] = old_drop(fs, p, p->old_temp);
+			continue;
+		}
+		if (as_temp == p->new_ino)
 			drops[n_drops++] = (struct drop){.dir = p->dir,
-							 .name = p->link_as,
+							 .name = p->temp,
 							 .ino = p->new_ino,
-							 .path = p->file->path};
-		else if (free_inode(fs, p->new_ino) != 0)
-			rc = PS_EIO;
+							 .path = p->file->path,
+							 .mapping = p->have_full ? &p->full : NULL};
+		else
+			unnamed[i] = true;
+		/* The old inode's second name, beside its own. */
+		if (as_old != 0 && as_old == as_base)
+			drops[n_drops++] = (struct drop){.dir = p->dir,
+							 .name = p->old_temp,
+							 .ino = as_old,
+							 .path = p->file->path,
+							 .others = OTHERS_UNCOUNTED};
 	}
 	if (rc == 0)
 		rc = drop_names(fs, drops, n_drops, NULL);
+	/* Inodes no name points at: deleted on the medium (one may have been written empty
+	 * with links 1), then freed in the bitmaps. */
+	for (i = 0; rc == 0 && i < n; i++)
+		if (unnamed[i] && set_links(fs, items[i].new_ino, 0, dtime_now(fs)) != 0)
+			rc = PS_EIO;
+	if (rc == 0)
+		rc = sync_medium(fs, NULL);
+	for (i = 0; rc == 0 && i < n; i++)
+		if (unnamed[i] && release_inode(fs, items[i].new_ino,
+						items[i].have_full ? &items[i].full : NULL) != 0)
+			rc = PS_EIO;
 	if (rc == 0)
 		flush(fs, NULL);
+	free(unnamed);
 	free(drops);
+}
+
+/* A leftover of an interrupted run, name in dir: queued for removal (with its inode unless
+ * other names point at it). Names never raise a link count: the temporary and the name
+ * pointing at the same inode means the temporary is not counted (see "Crash safety"); a
+ * count above 1 otherwise means hard links of the image's own. */
+static int queue_stale(struct ps_fs *fs, struct pending *p, const char *name, struct drop *drops,
+		       size_t *n_drops, struct ps_err *err)
+{
+	struct ext2_inode inode;
+	ext2_ino_t stale;
+	errcode_t code = ext2fs_lookup(fs->fs, p->dir, name, (int)strlen(name), NULL, &stale);
+
+	if (code == EXT2_ET_FILE_NOT_FOUND)
+		return 0;
+	if (code == 0)
+		code = ext2fs_read_inode(fs->fs, stale, &inode);
+	if (code != 0)
+		return fs_fail(fs, code, PS_EIO, "looking up", p->file->path, err);
+	drops[(*n_drops)++] = (struct drop){.dir = p->dir,
+					    .name = name,
+					    .ino = stale,
+					    .path = p->file->path,
+					    .others = stale == p->old_ino	? OTHERS_UNCOUNTED
+						      : inode.i_links_count > 1 ? OTHERS_COUNTED
+										: OTHERS_NONE};
+	return 0;
 }
 
 int ps_fs_write_files(struct ps_fs *fs, const struct ps_fs_file *files, size_t n,
 		      struct ps_err *err)
 {
 	struct pending *items = calloc(n ? n : 1, sizeof(*items));
-	struct drop *drops = calloc(n ? n : 1, sizeof(*drops));
+	struct drop *drops = calloc(2 * n + 1, sizeof(*drops));
 	char dir[1024];
-	size_t i, j, n_drops = 0;
+	size_t i, n_drops = 0;
 	bool swapping = false;
 	errcode_t code;
 	int rc;
@@ -989,10 +1293,9 @@ int ps_fs_write_files(struct ps_fs *fs, const struct ps_fs_file *files, size_t n
 	rc = ps_fs_check_write(fs, files, n, err);
 	if (rc < 0)
 		goto out;
-	/* Phase 0: directories, existing names, stale temporaries from an interrupted run. */
+	/* Phase 0: directories, existing names, leftovers of an interrupted run. */
 	for (i = 0; i < n; i++) {
 		struct pending *p = &items[i];
-		ext2_ino_t stale;
 
 		p->file = &files[i];
 		rc = split_path(files[i].path, dir, sizeof(dir), &p->base, err);
@@ -1001,10 +1304,7 @@ int ps_fs_write_files(struct ps_fs *fs, const struct ps_fs_file *files, size_t n
 		if (rc < 0)
 			goto out;
 		snprintf(p->temp, sizeof(p->temp), TEMP_PREFIX "%s", p->base);
-		code = ext2fs_lookup(fs->fs, p->dir, p->temp, (int)strlen(p->temp), NULL, &stale);
-		if (code == 0)
-			drops[n_drops++] = (struct drop){
-			    .dir = p->dir, .name = p->temp, .ino = stale, .path = files[i].path};
+		snprintf(p->old_temp, sizeof(p->old_temp), OLD_TEMP_PREFIX "%s", p->base);
 		code =
 		    ext2fs_lookup(fs->fs, p->dir, p->base, (int)strlen(p->base), NULL, &p->old_ino);
 		if (code == EXT2_ET_FILE_NOT_FOUND)
@@ -1013,71 +1313,122 @@ int ps_fs_write_files(struct ps_fs *fs, const struct ps_fs_file *files, size_t n
 			rc = fs_fail(fs, code, PS_EIO, "looking up", files[i].path, err);
 			goto out;
 		}
+		rc = queue_stale(fs, p, p->temp, drops, &n_drops, err);
+		if (rc == 0)
+			rc = queue_stale(fs, p, p->old_temp, drops, &n_drops, err);
+		if (rc < 0)
+			goto out;
 		/* A new name in a hashed (htree) directory cannot be renamed in place. */
-		p->renames = p->old_ino == 0 && !dir_is_hashed(fs, p->dir);
-		p->link_as = p->old_ino != 0 || p->renames ? p->temp : p->base;
+		p->hashed = dir_is_hashed(fs, p->dir);
+		p->renames = p->old_ino == 0 && !p->hashed;
+		p->links_base = p->old_ino == 0 && p->hashed;
 	}
 	rc = drop_names(fs, drops, n_drops, err);
 	if (rc < 0)
 		goto out;
-	/* Phase 1: new inodes with the complete content, unlinked; the bitmaps marking them in
-	 * use reach the medium before any name points at them. */
+	/* Phase 1: new inodes with the complete content, written as deleted; the bitmaps
+	 * marking them and their blocks in use reach the medium before anything refers to
+	 * them. */
 	swapping = true;
-	for (i = 0; rc == 0 && i < n; i++)
-		rc = create_inode(fs, items[i].dir, items[i].file, &items[i].new_ino, err);
-	if (rc == 0)
-		rc = flush(fs, err);
-	/* Linked under a temporary name (a new name in a hashed directory: under the real
-	 * one), then made live: the directory blocks reach the medium before the link counts.
-	 * Phase 2 swaps the temporaries with the names they replace, and renames those of new
-	 * names in place, all in one directory-block write. */
 	for (i = 0; rc == 0 && i < n; i++) {
 		struct pending *p = &items[i];
 
-		rc = link_name(fs, p->dir, p->link_as, p->new_ino, p->file->path, err);
+		rc = create_inode(fs, p->dir, p->file, &p->new_ino, err);
+		code = rc == 0 ? read_whole(fs, p->new_ino, &p->full) : 0;
+		if (code != 0)
+			rc = fs_fail(fs, code, PS_EIO, "reading back", p->file->path, err);
+		p->have_full = rc == 0;
+	}
+	if (rc == 0)
+		rc = flush(fs, err);
+	/* Written empty with links 1, linked under the temporary name, then written complete:
+	 * each step on the medium before the next (see "Crash safety" above). */
+	for (i = 0; rc == 0 && i < n; i++) {
+		struct pending *p = &items[i];
+		union inode_buf empty;
+
+		if (!empty_copy(fs, p->new_ino, &p->full, &empty))
+			rc = ps_fail(err, PS_EIO, "writing %s in partition %s: unexpected inode",
+				     p->file->path, fs->name);
+		else if ((code = write_whole(fs, p->new_ino, &empty)) != 0)
+			rc = fs_fail(fs, code, PS_EIO, "writing", p->file->path, err);
 	}
 	if (rc == 0)
 		rc = sync_medium(fs, err);
 	for (i = 0; rc == 0 && i < n; i++) {
-		code = set_links(fs, items[i].new_ino, 1, 0);
+		struct pending *p = &items[i];
+
+		rc = link_name(fs, p->dir, p->temp, p->new_ino, p->file->path, err);
+	}
+	if (rc == 0)
+		rc = sync_medium(fs, err);
+	for (i = 0; rc == 0 && i < n; i++) {
+		struct pending *p = &items[i];
+
+		p->full.small.i_links_count = 1;
+		p->full.small.i_dtime = 0;
+		code = write_whole(fs, p->new_ino, &p->full);
 		if (code != 0)
-			rc = fs_fail(fs, code, PS_EIO, "writing", items[i].file->path, err);
+			rc = fs_fail(fs, code, PS_EIO, "writing", p->file->path, err);
 	}
 	if (rc == 0)
 		rc = flush(fs, err);
-	/* Phase 2: swap names and temporaries, one directory walk per directory. */
+	/* Phase 2: the names. Where a name and its temporary share a directory block, one write
+	 * swaps their inodes; where they do not, the old inode first gets a second name, the
+	 * name then points at the new inode, and the temporary goes. A new name in a linear
+	 * directory: the temporary renamed in place; in a hashed one, the name linked beside the
+	 * temporary, which then goes. Such a second name is not counted in the link count: it
+	 * exists only until the next step, and the count never exceeds the names (see
+	 * "Crash safety"). In a hashed directory a link may split a block and move entries, so
+	 * there a name and its temporary are never taken to share one; in a linear one, links
+	 * fill free space or add a block and move nothing. */
+	for (i = 0; i < n; i++)
+		items[i].base_block = items[i].temp_block = -1;
+	if (rc == 0)
+		rc = walk_dirs(fs, items, n, locate_entries, DIRENT_FLAG_INCLUDE_EMPTY, err);
 	for (i = 0; rc == 0 && i < n; i++) {
-		struct swap_ctx ctx = {items, n, items[i].dir};
-		bool seen = false;
+		struct pending *p = &items[i];
 
-		for (j = 0; j < i; j++)
-			seen |= items[j].dir == items[i].dir;
-		if (seen)
-			continue;
-		code = ext2fs_dir_iterate2(fs->fs, ctx.dir, 0, NULL, swap_entries, &ctx);
-		if (code != 0)
-			rc = fs_fail(fs, code, PS_EIO, "replacing", items[i].file->path, err);
+		if (p->old_ino != 0 && (p->base_block < 0 || p->temp_block < 0))
+			rc = ps_fail(err, PS_EIO, "replacing %s in partition %s: entry vanished",
+				     p->file->path, fs->name);
+		p->split = p->old_ino != 0 && (p->hashed || p->base_block != p->temp_block);
+		if (rc == 0 && p->split)
+			rc = link_name(fs, p->dir, p->old_temp, p->old_ino, p->file->path, err);
+		else if (rc == 0 && p->links_base)
+			rc = link_name(fs, p->dir, p->base, p->new_ino, p->file->path, err);
 	}
+	if (rc == 0)
+		rc = sync_medium(fs, err);
+	if (rc == 0)
+		rc = walk_dirs(fs, items, n, swap_entries, 0, err);
 	for (i = 0; rc == 0 && i < n; i++) {
 		if ((items[i].old_ino != 0 || items[i].renames) && !items[i].swapped)
 			rc = ps_fail(err, PS_EIO, "replacing %s in partition %s: entry vanished",
 				     items[i].file->path, fs->name);
 	}
 	if (rc == 0)
+		rc = sync_medium(fs, err);
+	for (i = 0; rc == 0 && i < n; i++) {
+		struct pending *p = &items[i];
+
+		if ((p->split || p->links_base) &&
+		    (code = ext2fs_unlink(fs->fs, p->dir, p->temp, p->new_ino, 0)) != 0)
+			rc = fs_fail(fs, code, PS_EIO, "renaming", p->file->path, err);
+	}
+	if (rc == 0)
 		rc = flush(fs, err);
 	if (rc < 0)
 		goto out;
 	swapping = false;
-	/* Phase 3: the temporaries now name the old content; remove them. */
+	/* Phase 3: the temporaries now name the old content; remove them (with the inode,
+	 * unless it has other names: a count above 1). */
 	n_drops = 0;
 	for (i = 0; i < n; i++) {
 		struct pending *p = &items[i];
 
 		if (p->old_ino != 0)
-			drops[n_drops++] = (struct drop){.dir = p->dir,
-							 .name = p->temp,
-							 .ino = p->old_ino,
-							 .path = p->file->path};
+			drops[n_drops++] = old_drop(fs, p, p->split ? p->old_temp : p->temp);
 	}
 	rc = drop_names(fs, drops, n_drops, err);
 	if (rc == 0)

@@ -398,12 +398,14 @@ int ps_preauth_parse_location(const char *location, char *id, size_t id_len, str
 
 void ps_preauth_error_message(const char *body, size_t len, char *out, size_t out_len)
 {
-	json_t *root = body ? json_loadb(body, len, 0, NULL) : NULL;
-	const char *msg = json_string_value(json_object_get(root, "error"));
+	json_t *root;
+	const char *msg;
 
 	if (out_len == 0)
-		return;
+		return; /* before anything is allocated */
 	out[0] = '\0';
+	root = body ? json_loadb(body, len, 0, NULL) : NULL;
+	msg = json_string_value(json_object_get(root, "error"));
 	if (msg != NULL) {
 		clean_copy(out, out_len < 300 ? out_len : 300, msg, SIZE_MAX);
 	} else if (body != NULL && root == NULL) {
@@ -414,6 +416,36 @@ void ps_preauth_error_message(const char *body, size_t len, char *out, size_t ou
 		clean_copy(out, out_len, body, n);
 	}
 	json_decref(root);
+}
+
+int ps_preauth_parse_token(const char *body, size_t len, char **token, struct ps_err *err)
+{
+	size_t i;
+
+	*token = NULL;
+	if (body == NULL)
+		len = 0;
+	while (len > 0 && (body[len - 1] == '\n' || body[len - 1] == '\r' || body[len - 1] == ' '))
+		len--;
+	if (len >= 2 && body[0] == '"' && body[len - 1] == '"') {
+		body++;
+		len -= 2;
+	}
+	if (len == 0 || len > SECRET_MAX)
+		return ps_fail(err, PS_EINVAL, "the login answer is not a token");
+	for (i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)body[i];
+
+		/* A header's printable ASCII without spaces; a JWT needs no quotes or escapes. */
+		if (ch <= 0x20 || ch >= 0x7f || ch == '"' || ch == '\\')
+			return ps_fail(err, PS_EINVAL, "the login answer is not a token");
+	}
+	*token = malloc(len + 1);
+	if (*token == NULL)
+		return ps_fail(err, PS_ENOMEM, "out of memory");
+	memcpy(*token, body, len);
+	(*token)[len] = '\0';
+	return 0;
 }
 
 long ps_preauth_retry_after_ms(const char *value, time_t now)
@@ -454,12 +486,13 @@ long ps_preauth_backoff_ms(long attempts, long base_ms, long max_ms, uint32_t ra
 
 	if (max_ms < delay)
 		max_ms = delay;
-	while (--attempts > 0 && delay < max_ms)
+	for (; attempts > 1 && delay < max_ms; attempts--)
 		delay = delay > max_ms / 2 ? max_ms : delay * 2;
 	if (delay > max_ms)
 		delay = max_ms;
 	half = delay / 2;
-	return half + (long)(random % (uint32_t)(delay - half + 1));
+	/* In 64 bits: a span of 2^32 must not become a division by zero. */
+	return half + (long)((uint64_t)random % (uint64_t)(delay - half + 1));
 }
 
 const char *ps_preauth_result_name(enum ps_preauth_result result)
@@ -935,7 +968,6 @@ static int login(struct ps_preauth_client *c, struct ps_preauth_outcome *out)
 	struct http r;
 	char *pair = NULL, *header = NULL;
 	size_t pair_len, enc_len;
-	const char *token;
 	int rc = -1;
 
 	memset(&r, 0, sizeof(r));
@@ -966,24 +998,14 @@ static int login(struct ps_preauth_client *c, struct ps_preauth_outcome *out)
 				 c->username, r.status);
 		goto out;
 	}
-	/* The JWT, raw (application/jwt) or as a JSON string (a JWT needs no escapes). */
-	while (r.len > 0 &&
-	       (r.body[r.len - 1] == '\n' || r.body[r.len - 1] == '\r' || r.body[r.len - 1] == ' '))
-		r.body[--r.len] = '\0';
-	token = r.body;
-	if (token != NULL && r.len >= 2 && token[0] == '"' && token[r.len - 1] == '"') {
-		r.body[r.len - 1] = '\0';
-		token++;
-	}
-	if (token == NULL || !token_ok(token) || strchr(token, '"') != NULL ||
-	    strchr(token, '\\') != NULL || strlen(token) > SECRET_MAX) {
+	rc = ps_preauth_parse_token(r.body, r.len, &c->token, NULL);
+	if (rc == PS_ENOMEM)
+		set_outcome(out, PS_PREAUTH_RETRY, 0, false, "out of memory");
+	else if (rc < 0)
 		set_outcome(out, PS_PREAUTH_RETRY, 200, true,
 			    "login: the server's answer is not a token");
-		goto out;
-	}
-	c->token = strdup(token);
-	if (c->token == NULL) {
-		set_outcome(out, PS_PREAUTH_RETRY, 0, false, "out of memory");
+	if (rc < 0) {
+		rc = -1;
 		goto out;
 	}
 	rc = 0;

@@ -78,6 +78,12 @@ int ps_preauth_parse_location(const char *location, char *id, size_t id_len, str
  * characters and cut to fit; "" when there is none. */
 void ps_preauth_error_message(const char *body, size_t len, char *out, size_t out_len);
 
+/* The token of a login answer (useradm): a JWT, raw (application/jwt) or as a JSON string,
+ * trailing blanks ignored. It must be printable ASCII without spaces, quotes or backslashes
+ * (it goes into a header), at most 16 KiB. *token: a copy (ps_free_secret_str); the message
+ * never echoes the body. */
+int ps_preauth_parse_token(const char *body, size_t len, char **token, struct ps_err *err);
+
 /* Retry-After as milliseconds from now: delta-seconds or an HTTP date; -1 when absent or
  * unusable. Capped at one hour. */
 long ps_preauth_retry_after_ms(const char *value, time_t now);

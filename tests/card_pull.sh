@@ -7,8 +7,9 @@
 #     the job closes it, or the job finds no device at all).
 # Every time: the job exits 0 (it finished first) or 1 with one line on stderr, never by a
 # signal and without a sanitizer report; its audit row is verified, failed with the reason,
-# or absent (refused before issuance); the image behind the device shows at most leaked
-# counts and bitmaps to e2fsck -fn (or a temporary name naming a deleted inode, counted), its
+# or absent (refused before issuance); the image behind the device shows e2fsck -fn at most
+# what e2fsck -p repairs without asking (never a name of a deleted inode: tests/imgcheck.sh),
+# its
 # key and certificate parse and match, and it provisions again. PULL_TRIALS (default 12).
 # (The station, which sees the removal, restates such a row's reason as "card removed from
 # slot X during the job: ..."; tests/test_station checks that on a loop device shrunk under
@@ -95,7 +96,7 @@ judge() { # judge KIND TRIAL STATUS IMAGE: the checks after one job; prints why 
 	echo "${outcome:-none}" >>"$TMP/outcomes.$kind"
 	class=$(fsck_class "$image" "$off")
 	echo "$class" >>"$TMP/classes.$kind"
-	if [ "$class" = bad ]; then
+	if [ "$class" = bad ] || [ "$class" = dangling ]; then
 		echo "e2fsck -fn: $(grep -v -E '^(e2fsck|Pass)' "$TMP/fsck.out" | head -3 | tr '\n' ' ')"
 		return 1
 	fi

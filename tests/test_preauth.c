@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <openssl/pem.h>
 #include <pthread.h>
@@ -243,6 +244,34 @@ static void test_answers(void)
 	is_str(msg, "", "JSON without error: nothing");
 	ps_preauth_error_message(NULL, 0, msg, sizeof(msg));
 	is_str(msg, "", "no body: nothing");
+	/* Found by fuzz_mgmt_api: no room returned before freeing the parsed body (a leak that
+	 * valgrind.sh and the sanitizer build see). */
+	msg[0] = 'X';
+	ps_preauth_error_message("{\"error\": \"x\"}", 14, msg, 0);
+	ok(msg[0] == 'X', "no room for the message: nothing written");
+
+	{
+		static const char *const bad[] = {"",	  " \r\n",    "\"\"",	   "a b",
+						  "a\"b", "\"a\\b\"", "tok\x01en", "t\xc3\xa9"};
+		char *tok = NULL;
+
+		ok(ps_preauth_parse_token("eyJ.a-b_c.d\r\n", 13, &tok, &err) == 0 && tok &&
+		       strcmp(tok, "eyJ.a-b_c.d") == 0,
+		   "a raw JWT, trailing newline dropped");
+		ps_free_secret_str(tok);
+		ok(ps_preauth_parse_token("\"eyJ.x.y\"\n", 10, &tok, &err) == 0 && tok &&
+		       strcmp(tok, "eyJ.x.y") == 0,
+		   "a JWT as a JSON string");
+		ps_free_secret_str(tok);
+		ok(ps_preauth_parse_token("ab\0cd", 5, &tok, &err) < 0 && tok == NULL,
+		   "a token with a NUL inside is refused");
+		for (i = 0; i < (int)(sizeof(bad) / sizeof(bad[0])); i++)
+			if (ps_preauth_parse_token(bad[i], strlen(bad[i]), &tok, &err) == 0 ||
+			    tok != NULL || strstr(err.msg, bad[i][0] ? bad[i] : "\x01") != NULL)
+				break;
+		is_int(i, (int)(sizeof(bad) / sizeof(bad[0])),
+		       "blank, quoted, spaced, escaped and control tokens are refused, unechoed");
+	}
 
 	is_int(ps_preauth_retry_after_ms("5", 0), 5000, "Retry-After: 5");
 	is_int(ps_preauth_retry_after_ms(" 0 ", 0), 0, "Retry-After: 0");
@@ -270,6 +299,10 @@ static void test_answers(void)
 	ok(ms >= 300000 && ms <= 600000, "backoff after many attempts stays within the cap (%ld)",
 	   ms);
 	ok(ps_preauth_backoff_ms(0, 0, 0, 0) >= 0, "backoff with nonsense arguments");
+	/* Found by fuzz_mgmt_api: a jitter span of exactly 2^32 ms was a division by zero. */
+	is_int(ps_preauth_backoff_ms(1, 8589934590L, 0, 7), 4294967295L + 7,
+	       "backoff of 2^33-2 ms: a jitter span of 2^32 is no division by zero");
+	ok(ps_preauth_backoff_ms(LONG_MIN, 100, 400, 1) == 51, "backoff with attempts LONG_MIN");
 }
 
 static void test_pubkeys(const char *a, const char *b)
