@@ -84,7 +84,8 @@ else
 	mkdir -p "$TMP/btrfs"
 	if ! mkfs.btrfs -q -f -d raid1 -m raid1 "$BT1" "$BT2" >"$TMP/mkfs.err" 2>&1; then
 		skip_btrfs "mkfs.btrfs failed: $(head -1 "$TMP/mkfs.err")"
-	elif ! mount -t btrfs "$BT1" "$TMP/btrfs" 2>"$TMP/mount.err"; then
+	# Read-only, so that btrfs itself does not write to the devices while the test looks.
+	elif ! mount -t btrfs -o ro "$BT1" "$TMP/btrfs" 2>"$TMP/mount.err"; then
 		skip_btrfs "cannot mount btrfs here: $(head -1 "$TMP/mount.err")"
 	else
 		at_exit 'umount "$TMP/btrfs" 2>/dev/null'
@@ -104,9 +105,16 @@ else
 			[ "$(sha256sum "$TMP/bt2.img" | cut -d' ' -f1)" = "$before" ]
 		check "flash refuses the second btrfs device as mounted, and leaves it untouched"
 		umount "$TMP/btrfs"
+		# The kernel lets the devices go when the filesystem is torn down, which can come a
+		# little after umount returns; until then the gate rightly refuses them.
+		i=0
+		while [ $i -lt 100 ] && ls /sys/fs/btrfs/*/devices/"${BT2#/dev/}" >/dev/null 2>&1; do
+			sleep 0.1
+			i=$((i + 1))
+		done
 		"$PROVSTATION" flash --image "$TMP/disk.img" --target "$BT2" --allow-unlisted \
 			--allow-fixed-disk >"$TMP/out" 2>&1
-		check "once unmounted, flash writes it"
+		check "once unmounted, flash writes it" || sed "s/^/#   /" "$TMP/out"
 	fi
 fi
 
