@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/fs.h>
 #include <lzma.h>
 #include <openssl/evp.h>
@@ -427,6 +428,291 @@ static int source_read(struct source *s, unsigned char *out, size_t len, size_t 
 	return rc;
 }
 
+/* ------------------------------------------------------------------------ the hash cache */
+
+/* The whole-image SHA-256 of regular image files, keyed by the file's identity, in a small
+ * text file (see ps_flash_request.hash_cache):
+ *
+ *   provstation image-sha256 cache 1
+ *   DEV INO SIZE MTIME CTIME FORMAT STREAM_SIZE SHA256
+ *
+ * one image a line, the newest first, MTIME and CTIME as SECONDS.NANOSECONDS (9 digits).
+ * The file is only believed when it is a regular file owned by the user and writable by
+ * nobody else; a line that does not parse exactly is ignored (and dropped at the next
+ * write). Writes replace the whole file (ps_write_file) under a process-wide lock. */
+
+#define CACHE_HEADER	  "provstation image-sha256 cache 1"
+#define CACHE_MAX_BYTES	  (64u << 10)
+#define CACHE_MAX_ENTRIES 64
+#define CACHE_LINE_MAX	  256
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct image_key {
+	unsigned long long dev, ino, size;
+	long long mtime_s, ctime_s;
+	long mtime_ns, ctime_ns;
+};
+
+struct cache_entry {
+	struct image_key key;
+	enum ps_flash_format format;
+	uint64_t stream_size;
+	char sha256[65];
+};
+
+static void key_of(const struct stat *st, struct image_key *k)
+{
+	memset(k, 0, sizeof(*k));
+	k->dev = (unsigned long long)st->st_dev;
+	k->ino = (unsigned long long)st->st_ino;
+	k->size = (unsigned long long)st->st_size;
+	k->mtime_s = (long long)st->st_mtim.tv_sec;
+	k->mtime_ns = st->st_mtim.tv_nsec;
+	k->ctime_s = (long long)st->st_ctim.tv_sec;
+	k->ctime_ns = st->st_ctim.tv_nsec;
+}
+
+static bool key_equal(const struct image_key *a, const struct image_key *b)
+{
+	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+	       a->mtime_s == b->mtime_s && a->mtime_ns == b->mtime_ns && a->ctime_s == b->ctime_s &&
+	       a->ctime_ns == b->ctime_ns;
+}
+
+/* The cache file's path; false when there is none. */
+static bool cache_path(const struct ps_flash_request *req, char *out, size_t size)
+{
+	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+	int n;
+
+	if (req->no_hash_cache)
+		return false;
+	if (req->hash_cache != NULL)
+		n = snprintf(out, size, "%s", req->hash_cache);
+	else if (xdg != NULL && xdg[0] == '/') /* relative ones are to be ignored (XDG spec) */
+		n = snprintf(out, size, "%s/provstation/image-sha256", xdg);
+	else if (home != NULL && home[0] == '/')
+		n = snprintf(out, size, "%s/.cache/provstation/image-sha256", home);
+	else
+		return false;
+	return n > 0 && (size_t)n < size;
+}
+
+/* A decimal number made of 1 to 20 digits and nothing else. */
+static bool parse_ull(const char *s, unsigned long long *v)
+{
+	char *end = NULL;
+
+	if (*s < '0' || *s > '9' || strlen(s) > 20)
+		return false;
+	errno = 0;
+	*v = strtoull(s, &end, 10);
+	return errno == 0 && *end == '\0';
+}
+
+/* SECONDS.NANOSECONDS, with exactly 9 digits of nanoseconds; seconds may be negative. */
+static bool parse_time(char *s, long long *sec, long *nsec)
+{
+	char *dot = strchr(s, '.');
+	unsigned long long a, b;
+	bool neg = s[0] == '-';
+
+	if (dot == NULL || strlen(dot + 1) != 9)
+		return false;
+	*dot = '\0';
+	if (!parse_ull(s + neg, &a) || !parse_ull(dot + 1, &b) || a > (unsigned long long)INT64_MAX)
+		return false;
+	*sec = neg ? -(long long)a : (long long)a;
+	*nsec = (long)b;
+	return true;
+}
+
+static bool parse_format(const char *s, enum ps_flash_format *f)
+{
+	static const enum ps_flash_format all[] = {PS_FLASH_RAW, PS_FLASH_GZIP, PS_FLASH_XZ,
+						   PS_FLASH_ZSTD};
+	size_t i;
+
+	for (i = 0; i < PS_ARRAY_SIZE(all); i++)
+		if (strcmp(s, ps_flash_format_name(all[i])) == 0) {
+			*f = all[i];
+			return true;
+		}
+	return false;
+}
+
+/* One line (without its newline) into e; false when it is not exactly an entry. */
+static bool cache_parse_line(const char *line, size_t len, struct cache_entry *e)
+{
+	char buf[CACHE_LINE_MAX], *field[8], *p;
+	unsigned long long v;
+	size_t n = 0, i;
+
+	if (len == 0 || len >= sizeof(buf) || memchr(line, '\0', len) != NULL)
+		return false;
+	memcpy(buf, line, len);
+	buf[len] = '\0';
+	for (p = buf; n < PS_ARRAY_SIZE(field); n++) {
+		field[n] = p;
+		p = strchr(p, ' ');
+		if (p == NULL) {
+			n++;
+			break;
+		}
+		*p++ = '\0';
+	}
+	if (n != PS_ARRAY_SIZE(field) || p != NULL)
+		return false;
+	memset(e, 0, sizeof(*e));
+	if (!parse_ull(field[0], &e->key.dev) || !parse_ull(field[1], &e->key.ino) ||
+	    !parse_ull(field[2], &e->key.size) ||
+	    !parse_time(field[3], &e->key.mtime_s, &e->key.mtime_ns) ||
+	    !parse_time(field[4], &e->key.ctime_s, &e->key.ctime_ns) ||
+	    !parse_format(field[5], &e->format) || !parse_ull(field[6], &v) ||
+	    strlen(field[7]) != 64)
+		return false;
+	e->stream_size = v;
+	for (i = 0; i < 64; i++)
+		if (!((field[7][i] >= '0' && field[7][i] <= '9') ||
+		      (field[7][i] >= 'a' && field[7][i] <= 'f')))
+			return false;
+	memcpy(e->sha256, field[7], 65);
+	return true;
+}
+
+static size_t cache_format_line(const struct cache_entry *e, char *out, size_t size)
+{
+	int n = snprintf(out, size, "%llu %llu %llu %lld.%09ld %lld.%09ld %s %llu %s\n", e->key.dev,
+			 e->key.ino, e->key.size, e->key.mtime_s, e->key.mtime_ns, e->key.ctime_s,
+			 e->key.ctime_ns, ps_flash_format_name(e->format),
+			 (unsigned long long)e->stream_size, e->sha256);
+
+	return n > 0 && (size_t)n < size ? (size_t)n : 0;
+}
+
+/* The cache file's content (NUL-terminated, after its header line) when it can be believed:
+ * a regular file (not a symbolic link) owned by the user, writable by nobody else, with the
+ * right header; NULL otherwise (missing, foreign, too large). */
+static char *cache_read(const char *path, size_t *len_out)
+{
+	size_t hl = strlen(CACHE_HEADER), len = 0;
+	struct stat st;
+	char *buf = NULL;
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+
+	if (fd < 0)
+		goto fail;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+	    (st.st_mode & (S_IWGRP | S_IWOTH)) != 0 || st.st_size < 0 ||
+	    (uint64_t)st.st_size > CACHE_MAX_BYTES)
+		goto fail;
+	buf = malloc((size_t)st.st_size + 1);
+	if (buf == NULL)
+		goto fail;
+	while (len < (size_t)st.st_size) {
+		ssize_t n = read(fd, buf + len, (size_t)st.st_size - len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	if (len <= hl || memcmp(buf, CACHE_HEADER, hl) != 0 || buf[hl] != '\n')
+		goto fail;
+	close(fd);
+	memmove(buf, buf + hl + 1, len - hl); /* with the NUL */
+	*len_out = len - hl - 1;
+	return buf;
+fail:
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+	return NULL;
+}
+
+/* The entry for key, if the cache holds one for this format. */
+static bool cache_lookup(const char *path, const struct image_key *key, enum ps_flash_format format,
+			 struct cache_entry *out)
+{
+	size_t len = 0, pos = 0;
+	bool found = false;
+	char *buf;
+
+	pthread_mutex_lock(&cache_lock);
+	buf = cache_read(path, &len);
+	while (buf != NULL && pos < len && !found) {
+		const char *nl = memchr(buf + pos, '\n', len - pos);
+		size_t ll = nl != NULL ? (size_t)(nl - (buf + pos)) : len - pos;
+
+		found = cache_parse_line(buf + pos, ll, out) && key_equal(&out->key, key) &&
+			out->format == format &&
+			(format != PS_FLASH_RAW || out->stream_size == key->size);
+		pos += ll + 1;
+	}
+	free(buf);
+	pthread_mutex_unlock(&cache_lock);
+	return found;
+}
+
+/* Rewrite the cache: add (may be NULL) first, then the other entries that still parse, the
+ * entry of the same file (device and inode) dropped. Best effort: a cache that cannot be
+ * written only costs the next flash a hash. Nothing is written in a directory that another
+ * user owns or may write. */
+static void cache_update(const char *path, const struct cache_entry *add,
+			 const struct image_key *drop_key)
+{
+	char dir[PATH_MAX], line[CACHE_LINE_MAX], *old = NULL, *out = NULL, *slash;
+	size_t old_len = 0, pos = 0, used = 0, n_entries = 0, cap;
+	struct stat st;
+
+	if (snprintf(dir, sizeof(dir), "%s", path) >= (int)sizeof(dir))
+		return;
+	slash = strrchr(dir, '/');
+	if (slash == NULL)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == dir)
+		dir[1] = '\0';
+	else
+		*slash = '\0';
+	pthread_mutex_lock(&cache_lock);
+	if (ps_mkdir_p(dir, 0700, NULL) < 0 || lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode) ||
+	    st.st_uid != geteuid() || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+		goto out;
+	old = cache_read(path, &old_len);
+	cap = strlen(CACHE_HEADER) + 1 + (CACHE_MAX_ENTRIES + 1) * CACHE_LINE_MAX;
+	out = malloc(cap);
+	if (out == NULL)
+		goto out;
+	used = (size_t)snprintf(out, cap, "%s\n", CACHE_HEADER);
+	if (add != NULL) {
+		used += cache_format_line(add, out + used, cap - used);
+		n_entries++;
+	}
+	while (old != NULL && pos < old_len && n_entries < CACHE_MAX_ENTRIES) {
+		const char *nl = memchr(old + pos, '\n', old_len - pos);
+		size_t ll = nl != NULL ? (size_t)(nl - (old + pos)) : old_len - pos;
+		struct cache_entry e;
+
+		if (cache_parse_line(old + pos, ll, &e) &&
+		    !(e.key.dev == drop_key->dev && e.key.ino == drop_key->ino)) {
+			size_t n = cache_format_line(&e, line, sizeof(line));
+
+			memcpy(out + used, line, n);
+			used += n;
+			n_entries++;
+		}
+		pos += ll + 1;
+	}
+	ps_write_file(path, out, used, 0600, 0, NULL);
+out:
+	pthread_mutex_unlock(&cache_lock);
+	free(old);
+	free(out);
+}
+
 /* ------------------------------------------------------------------------ the job */
 
 enum slot_kind { SLOT_DATA, SLOT_GAP, SLOT_END };
@@ -504,6 +790,17 @@ struct job {
 	bool hasher_started, checker_started;
 	bool hashed;
 	char image_sha256[65];
+	bool read_complete; /* the reader reached the end of the image */
+
+	/* The image file's identity (regular files), for the hash cache and for noticing that
+	 * the image changed under the job. */
+	struct image_key key;
+	bool key_ok;
+	char cache_file[PATH_MAX];
+	bool cache_on;
+	bool cache_hit; /* cached is the image's entry: the hasher does not run */
+	struct cache_entry cached;
+	bool sha_from_cache;
 
 	_Atomic uint64_t est_in, est_out; /* compressed and decompressed bytes so far */
 	struct target *targets;
@@ -633,7 +930,7 @@ static void publish(struct job *j, struct slot *s, uint64_t seq)
 {
 	pthread_mutex_lock(&j->lock);
 	s->seq = seq;
-	s->refs = j->hash_from_file ? 0 : 1; /* the hasher */
+	s->refs = j->hash_from_file || j->cache_hit ? 0 : 1; /* the hasher */
 	if (s->kind == SLOT_DATA)
 		s->refs += (j->need_checker ? 1 : 0) + j->n_live;
 	if (s->kind == SLOT_END)
@@ -796,6 +1093,7 @@ static int read_image(struct reader *r)
 		return 1;
 	s->kind = SLOT_END;
 	s->len = 0;
+	j->read_complete = true;
 	publish(j, s, r->seq++);
 	return 0;
 }
@@ -1473,6 +1771,7 @@ static int check_request(const struct ps_flash_request *req, struct ps_err *err)
 static int prepare(struct job *j, struct ps_err *err)
 {
 	const struct ps_flash_request *req = j->req;
+	struct stat st;
 	size_t i;
 	int rc;
 
@@ -1493,6 +1792,13 @@ static int prepare(struct job *j, struct ps_err *err)
 	if (rc < 0)
 		return rc;
 	j->hash_from_file = j->src.format == PS_FLASH_RAW;
+	if (fstat(j->src.fd, &st) == 0 && S_ISREG(st.st_mode)) {
+		key_of(&st, &j->key);
+		j->key_ok = true;
+		j->cache_on = cache_path(req, j->cache_file, sizeof(j->cache_file));
+		j->cache_hit =
+		    j->cache_on && cache_lookup(j->cache_file, &j->key, j->src.format, &j->cached);
+	}
 	if (j->have_bmap && j->src.size_known && j->src.size != j->bmap.image_size)
 		return ps_fail(err, PS_EINVAL,
 			       "image %s holds %llu bytes, its bmap %s describes %llu: wrong "
@@ -1533,12 +1839,67 @@ static int prepare(struct job *j, struct ps_err *err)
 	return 0;
 }
 
+/* After the job: the image must not have changed while it was read (the targets would hold
+ * a mix); the whole-image SHA-256 comes from the cache, or goes into it. */
+static void finish_hash(struct job *j)
+{
+	struct ps_err e = {""};
+	struct image_key now_key;
+	struct stat st;
+
+	if (j->fatal != 0 || !j->read_complete)
+		return;
+	if (j->key_ok) {
+		if (fstat(j->src.fd, &st) != 0) {
+			ps_fail(&e, PS_EIO, "image %s: %s", j->src.path, strerror(errno));
+			job_fail(j, PS_EIO, &e);
+			return;
+		}
+		key_of(&st, &now_key);
+		if (!key_equal(&now_key, &j->key)) {
+			ps_fail(&e, PS_EINVAL,
+				"image %s was modified while it was being flashed: the targets may "
+				"hold a mix of two versions; flash them again",
+				j->src.path);
+			job_fail(j, PS_EINVAL, &e);
+			return;
+		}
+	}
+	if (j->cache_hit && j->cached.stream_size != j->stream_size) {
+		/* Only a damaged or forged entry can say so: drop it, and the audit row gets no
+		 * SHA-256 it cannot trust. */
+		ps_fail(&e, PS_EINVAL,
+			"image %s holds %llu bytes, the entry of its hash cache %s says %llu: the "
+			"entry is dropped; flash again",
+			j->src.path, (unsigned long long)j->stream_size, j->cache_file,
+			(unsigned long long)j->cached.stream_size);
+		cache_update(j->cache_file, NULL, &j->key);
+		job_fail(j, PS_EINVAL, &e);
+		return;
+	}
+	if (j->cache_hit) {
+		memcpy(j->image_sha256, j->cached.sha256, sizeof(j->image_sha256));
+		j->sha_from_cache = true;
+		j->hashed = true;
+	} else if (j->hashed && j->cache_on) {
+		struct cache_entry add;
+
+		memset(&add, 0, sizeof(add));
+		add.key = j->key;
+		add.format = j->src.format;
+		add.stream_size = j->stream_size;
+		memcpy(add.sha256, j->image_sha256, sizeof(add.sha256));
+		cache_update(j->cache_file, &add, &j->key);
+	}
+}
+
 static void fill_image_info(const struct job *j, struct ps_flash_result *res)
 {
 	snprintf(res->image_name, sizeof(res->image_name), "%s", base_name(j->req->image));
 	res->format = j->src.format;
 	if (j->hashed) {
 		memcpy(res->image_sha256, j->image_sha256, sizeof(res->image_sha256));
+		res->image_sha256_cached = j->sha_from_cache;
 		res->image_size = j->stream_size;
 	} else if (j->have_bmap) {
 		res->image_size = j->bmap.image_size;
@@ -1618,11 +1979,13 @@ int ps_flash(const struct ps_flash_request *req, struct ps_flash_result *results
 	if (j->n_live == 0)
 		goto results;
 
-	if (pthread_create(&j->hasher, NULL, hasher_main, j) != 0) {
-		rc = ps_fail(err, PS_ENOMEM, "cannot start a thread");
-		goto stop;
+	if (!j->cache_hit) {
+		if (pthread_create(&j->hasher, NULL, hasher_main, j) != 0) {
+			rc = ps_fail(err, PS_ENOMEM, "cannot start a thread");
+			goto stop;
+		}
+		j->hasher_started = true;
 	}
-	j->hasher_started = true;
 	if (j->need_checker) {
 		if (pthread_create(&j->checker, NULL, checker_main, j) != 0) {
 			rc = ps_fail(err, PS_ENOMEM, "cannot start a thread");
@@ -1661,6 +2024,7 @@ join:
 	for (i = 0; i < req->n_targets; i++)
 		if (j->targets[i].started)
 			pthread_join(j->targets[i].thread, NULL);
+	finish_hash(j);
 results:
 	for (i = 0; i < req->n_targets; i++) {
 		struct target *t = &j->targets[i];
