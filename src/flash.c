@@ -439,7 +439,13 @@ static int source_read(struct source *s, unsigned char *out, size_t len, size_t 
  * one image a line, the newest first, MTIME and CTIME as SECONDS.NANOSECONDS (9 digits).
  * The file is only believed when it is a regular file owned by the user and writable by
  * nobody else; a line that does not parse exactly is ignored (and dropped at the next
- * write). Writes replace the whole file (ps_write_file) under a process-wide lock. */
+ * write). Writes replace the whole file (ps_write_file) under a process-wide lock.
+ *
+ * File times have the granularity of the kernel's clock tick (or worse: 2 s on FAT), so a
+ * change made within the same tick as the one before it may leave them as they were. An entry
+ * is therefore only recorded when the image's ctime is older, by more than that granularity,
+ * than the moment the job first looked at the file: any later change then gets a new ctime
+ * (the "racily clean" rule of git's index). */
 
 #define CACHE_HEADER	  "provstation image-sha256 cache 1"
 #define CACHE_MAX_BYTES	  (64u << 10)
@@ -460,6 +466,30 @@ struct cache_entry {
 	uint64_t stream_size;
 	char sha256[65];
 };
+
+/* The image was last changed long enough before `at` for any later change to show in its
+ * ctime: 2 s when its times are whole milliseconds (FAT, ext3, some network filesystems), 50 ms
+ * (a few clock ticks) otherwise. */
+static bool key_settled(const struct image_key *k, const struct timespec *at)
+{
+	long long margin = k->ctime_ns % 1000000 == 0 ? 2000000000LL : 50000000LL;
+	long long age = ((long long)at->tv_sec - k->ctime_s) * 1000000000LL +
+			((long long)at->tv_nsec - k->ctime_ns);
+
+	return age > margin;
+}
+
+/* The station's wall clock, to the nanosecond unless PROVSTATION_NOW pins it (tests). */
+static void station_time(struct timespec *at)
+{
+	time_t pinned = ps_now();
+
+	clock_gettime(CLOCK_REALTIME, at);
+	if (pinned != at->tv_sec) {
+		at->tv_sec = pinned;
+		at->tv_nsec = 0;
+	}
+}
 
 static void key_of(const struct stat *st, struct image_key *k)
 {
@@ -796,6 +826,7 @@ struct job {
 	 * the image changed under the job. */
 	struct image_key key;
 	bool key_ok;
+	struct timespec looked_at; /* when key was taken */
 	char cache_file[PATH_MAX];
 	bool cache_on;
 	bool cache_hit; /* cached is the image's entry: the hasher does not run */
@@ -1794,6 +1825,7 @@ static int prepare(struct job *j, struct ps_err *err)
 	j->hash_from_file = j->src.format == PS_FLASH_RAW;
 	if (fstat(j->src.fd, &st) == 0 && S_ISREG(st.st_mode)) {
 		key_of(&st, &j->key);
+		station_time(&j->looked_at);
 		j->key_ok = true;
 		j->cache_on = cache_path(req, j->cache_file, sizeof(j->cache_file));
 		j->cache_hit =
@@ -1881,7 +1913,7 @@ static void finish_hash(struct job *j)
 		memcpy(j->image_sha256, j->cached.sha256, sizeof(j->image_sha256));
 		j->sha_from_cache = true;
 		j->hashed = true;
-	} else if (j->hashed && j->cache_on) {
+	} else if (j->hashed && j->cache_on && key_settled(&j->key, &j->looked_at)) {
 		struct cache_entry add;
 
 		memset(&add, 0, sizeof(add));
