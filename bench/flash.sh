@@ -1,7 +1,8 @@
 #!/bin/bash
 # flash.sh — `make bench` part 2: flashing a 2 GiB Mender image with 512 MiB of random data in
 # rootfs A (about a quarter mapped) onto the same kind of target — a regular file on the
-# working directory's filesystem and, as root, a loop device over a file there — with
+# working directory's filesystem and, as root, a loop device over a file there, and that loop
+# device throttled to the bandwidth of a good SD card (blkio throttling) — with
 # `dd bs=4M conv=fsync` (the whole image), `bmaptool copy` and `provstation flash`, in one run,
 # the tools interleaved in every round. provstation runs four ways: its image hash cache cold
 # (the whole-image SHA-256 for the audit row computed) or warm (taken from the cache), each
@@ -14,15 +15,26 @@
 #   BENCH_DIR=/mnt/ssd bash bench/flash.sh               where the image and targets live
 #   BENCH_RUNS=5                                         rounds (medians; default 3)
 #   BENCH_SIZE_MB=2048 BENCH_RANDOM_MB=512               the image and its random payload
+#   BENCH_CARD_MBPS=100 BENCH_CARD_READ_MBPS=200         the card-like target (0: skip it)
 set -eu
 : "${PROVSTATION:?run through make bench, or set PROVSTATION to the binary}"
 SRCDIR=${SRCDIR:-$(cd "$(dirname "$0")/.." && pwd)}
 RUNS=${BENCH_RUNS:-3}
 SIZE_MB=${BENCH_SIZE_MB:-2048}
 RANDOM_MB=${BENCH_RANDOM_MB:-512}
+CARD_MBPS=${BENCH_CARD_MBPS:-100}
+CARD_READ_MBPS=${BENCH_CARD_READ_MBPS:-$((CARD_MBPS * 2))}
 work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/var/tmp}}/ps-bench-flash.XXXXXX")
 loop=
+card=
+card_dev=
+throttle=/sys/fs/cgroup/blkio
 cleanup() {
+	if [ -n "$card_dev" ]; then
+		echo "$card_dev 0" >"$throttle/blkio.throttle.write_bps_device" 2>/dev/null || true
+		echo "$card_dev 0" >"$throttle/blkio.throttle.read_bps_device" 2>/dev/null || true
+	fi
+	[ -z "$card" ] || losetup -d "$card" 2>/dev/null || true
 	[ -z "$loop" ] || losetup -d "$loop" 2>/dev/null || true
 	rm -rf "$work"
 }
@@ -56,9 +68,17 @@ image_bytes=$(stat -c %s "$work/golden.img")
 mapped=$(awk -F'[<>]' '/<MappedBlocksCount>/ {m=$3} /<BlockSize>/ {b=$3} END {print m * b}' \
 	"$work/golden.bmap")
 image_sha=$(sha256sum "$work/golden.img" | cut -c1-64)
-# The raw bandwidth: 1 GiB, or the whole image when it is smaller (the loop device's size).
-raw_count=$((image_bytes / 4194304 < 256 ? image_bytes / 4194304 : 256))
-raw_bytes=$((raw_count * 4194304))
+# The raw bandwidth: 1 GiB (256 MiB on the slow card), or the whole image when it is smaller.
+raw_of() { # raw_of MIB: set raw_count and raw_bytes
+	raw_count=$((image_bytes / 4194304 < $1 / 4 ? image_bytes / 4194304 : $1 / 4))
+	raw_bytes=$((raw_count * 4194304))
+}
+raw_of 1024
+# The image's largest mapped range (offset, bytes): how fast the image itself can be read.
+bsize=$(sed -n 's/.*<BlockSize> *\([0-9]*\) *<.*/\1/p' "$work/golden.bmap")
+read -r big_off big_len < <(sed -n 's/.*<Range[^>]*> *\([0-9-]*\) *<\/Range>.*/\1/p' \
+	"$work/golden.bmap" | awk -F- -v bs="$bsize" '{a = $1; b = (NF > 1) ? $2 : $1}
+	b - a + 1 > max {max = b - a + 1; first = a} END {print first * bs, max * bs}')
 sync
 
 # one_run NAME COMMAND...: one timed run (caches dropped first); appends its microseconds to
@@ -93,7 +113,7 @@ ps_run() {
 # bench_target KIND TARGET: every tool RUNS times, interleaved
 bench_target() {
 	local kind=$1 target=$2 i n
-	for n in rawd read rawf dd bmap cold_nv cold_v warm_nv warm_v; do
+	for n in rawd read rawf src dd bmap cold_nv cold_v warm_nv warm_v; do
 		: >"$work/$n" >"$work/$n.cpu" >"$work/$n.vrate" >"$work/$n.wrate"
 	done
 	: >"$work/rss.all"
@@ -106,6 +126,8 @@ bench_target() {
 		one_run read dd if="$target" of=/dev/null bs=4M count=$raw_count iflag=direct status=none
 		fresh
 		one_run rawf dd if=/dev/zero of="$target" bs=4M count=$raw_count conv=fsync status=none
+		one_run src dd if="$work/golden.img" of=/dev/null bs=4M iflag=skip_bytes,count_bytes \
+			skip="$big_off" count="$big_len" status=none
 		fresh
 		one_run dd dd if="$work/golden.img" of="$target" bs=4M conv=fsync status=none
 		fresh
@@ -132,16 +154,19 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.0f", 100 * a / b}'; }
 
 report() { # report LABEL
-	local raw_w raw_r raw_f bmap dd n eff
+	local raw_w raw_r raw_f src bmap dd n eff
 	raw_w=$(mbps "$raw_bytes" "$(us rawd)")
 	raw_r=$(mbps "$raw_bytes" "$(us read)")
 	raw_f=$(mbps "$raw_bytes" "$(us rawf)")
+	src=$(mbps "$big_len" "$(us src)")
 	bmap=$(us bmap)
 	dd=$(us dd)
 	printf '\n%s — median of %d rounds, page cache %s before every run:\n' "$1" "$RUNS" \
 		"$([ $can_drop = yes ] && echo dropped || echo 'NOT dropped (not root)')"
 	printf '  raw sequential write   %6s MB/s  (dd %d MiB of zeros, bs=4M oflag=direct conv=fsync; %s MB/s buffered + fsync)\n' \
 		"$raw_w" $((raw_bytes >> 20)) "$raw_f"
+	printf '  image read             %6s MB/s  (dd its largest mapped range, %d MiB, bs=4M, buffered)\n' \
+		"$src" $((big_len >> 20))
 	printf '  raw sequential read    %6s MB/s  (dd %d MiB of the target, bs=4M iflag=direct)\n' \
 		"$raw_r" $((raw_bytes >> 20))
 	printf '\n  %-44s %7s %8s %8s %9s %10s\n' "" "time" "vs bmap" "vs dd" "CPU s" "MB/s mapped"
@@ -169,6 +194,11 @@ report() { # report LABEL
 		"$eff" $((mapped / 1048576))
 	printf '                         = %s%% of the raw write bandwidth (target: 90%%); bmaptool %s%%\n' \
 		"$(pct "$eff" "$raw_w")" "$(pct "$(mbps "$mapped" "$bmap")" "$raw_w")"
+	if [ "$src" -lt "$raw_w" ]; then
+		printf '                         = %s%% of the image read bandwidth, the lower bound here (the target\n' \
+			"$(pct "$eff" "$src")"
+		printf '                           writes faster than the image can be read: not the bottleneck)\n'
+	fi
 	printf '  write phase            %6s MB/s (first write to last flush, as provstation reports it, warm)\n' \
 		"$(med warm_nv.wrate)"
 	printf '  verification           %6s MB/s read back and compared (warm) = %s%% of the raw read bandwidth\n' \
@@ -206,5 +236,28 @@ if [ "$(id -u)" -eq 0 ] && command -v losetup >/dev/null && [ -e /dev/loop-contr
 	fi
 else
 	echo; echo "loop device target: skipped (needs root and loop devices)"
+fi
+
+# A card-like target: a loop device whose bandwidth the block layer throttles (cgroup v1 blkio,
+# root group), for the case the flashing station is built for: the card is the bottleneck.
+card_reason=
+[ "$CARD_MBPS" -gt 0 ] || card_reason="BENCH_CARD_MBPS=0"
+[ -n "$card_reason" ] || [ "$(id -u)" -eq 0 ] || card_reason="needs root"
+[ -n "$card_reason" ] || [ -w "$throttle/blkio.throttle.write_bps_device" ] ||
+	card_reason="no cgroup v1 blkio throttling here ($throttle)"
+if [ -z "$card_reason" ]; then
+	truncate -s "$image_bytes" "$work/card"
+	card=$(losetup -f --show --direct-io=on "$work/card" 2>/dev/null || true)
+	[ -n "$card" ] || card_reason="losetup cannot attach a loop device here"
+fi
+if [ -z "$card_reason" ]; then
+	card_dev=$(cat /sys/block/"${card#/dev/}"/dev)
+	echo "$card_dev $((CARD_MBPS * 1000000))" >"$throttle/blkio.throttle.write_bps_device"
+	echo "$card_dev $((CARD_READ_MBPS * 1000000))" >"$throttle/blkio.throttle.read_bps_device"
+	raw_of 512
+	bench_target card "$card"
+	report "card-like target ($card throttled to $CARD_MBPS MB/s writing, $CARD_READ_MBPS MB/s reading)"
+else
+	echo; echo "card-like target: skipped ($card_reason)"
 fi
 printf '\nload average at the end: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

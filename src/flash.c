@@ -34,6 +34,10 @@
 #define MIN_ALIGN 4096u	     /* O_DIRECT offsets, lengths and buffers */
 #define NO_RANGE  ((size_t)-1)
 
+_Static_assert(PS_FLASH_CHUNK >= 2 * PS_FLASH_VERIFY_CHUNK,
+	       "a ring slot holds two read-back buffers");
+_Static_assert(PS_FLASH_RING <= 32, "verify_slots is a 32-bit mask");
+
 /* ------------------------------------------------------------------------ the image */
 
 struct source {
@@ -810,6 +814,7 @@ struct job {
 	    hash_from_file; /* raw: the hasher reads the file itself (holes without reading),
 			       off the write path; compressed: it takes every chunk from the ring */
 	int verifying;
+	unsigned verify_slots; /* ring slots lent to read-backs (bit i: slot i) */
 
 	struct unit *units;
 	size_t n_units, cap_units;
@@ -1490,7 +1495,9 @@ out:
 	return NULL;
 }
 
-static int verify_target(struct target *t)
+/* Read back into ring slot `slot` (free once every target is done writing: its two halves are
+ * the read-back buffers, no memory added) or, when slot < 0, into buffers of its own. */
+static int verify_target(struct target *t, int slot)
 {
 	struct job *j = t->job;
 	struct readback rb = {.t = t};
@@ -1505,9 +1512,14 @@ static int verify_target(struct target *t)
 		total += j->units[u].len;
 	pthread_mutex_init(&rb.lock, NULL);
 	pthread_cond_init(&rb.cond, NULL);
+	if (slot >= 0) {
+		rb.buf[0] = j->ring[slot].buf;
+		rb.buf[1] = j->ring[slot].buf + PS_FLASH_VERIFY_CHUNK;
+	}
 	if (md == NULL ||
-	    posix_memalign((void **)&rb.buf[0], MIN_ALIGN, PS_FLASH_VERIFY_CHUNK) != 0 ||
-	    posix_memalign((void **)&rb.buf[1], MIN_ALIGN, PS_FLASH_VERIFY_CHUNK) != 0) {
+	    (slot < 0 &&
+	     (posix_memalign((void **)&rb.buf[0], MIN_ALIGN, PS_FLASH_VERIFY_CHUNK) != 0 ||
+	      posix_memalign((void **)&rb.buf[1], MIN_ALIGN, PS_FLASH_VERIFY_CHUNK) != 0))) {
 		rc = target_fail(t, PS_ENOMEM, "out of memory for the read-back");
 		goto out;
 	}
@@ -1577,12 +1589,32 @@ out:
 	t->res->verify_seconds = now() - t->phase_start;
 	if (rc == 0)
 		t->res->verified = true;
-	free(rb.buf[0]);
-	free(rb.buf[1]);
+	if (slot < 0) {
+		free(rb.buf[0]);
+		free(rb.buf[1]);
+	}
 	EVP_MD_CTX_free(md);
 	pthread_cond_destroy(&rb.cond);
 	pthread_mutex_destroy(&rb.lock);
 	return rc;
+}
+
+/* A ring slot for a read-back, under the job lock: every writer is done (n_live is 0) and the
+ * checker too (units_final), so once no slot is held (by the hasher of a compressed image that
+ * is still behind) the ring is free for good. -1 when it is not. */
+static int take_ring_slot(struct job *j)
+{
+	int i;
+
+	for (i = 0; i < PS_FLASH_RING; i++)
+		if (j->ring[i].refs > 0)
+			return -1;
+	for (i = 0; i < PS_FLASH_RING; i++)
+		if (!(j->verify_slots & (1u << i))) {
+			j->verify_slots |= 1u << i;
+			return i;
+		}
+	return -1;
 }
 
 /* Copy the image's failure into a target that has none of its own. */
@@ -1609,7 +1641,7 @@ static void *writer_main(void *arg)
 	uint64_t seq, total = j->total;
 	double start;
 	bool skip, go;
-	int rc = 0;
+	int rc = 0, slot = -1;
 
 	start = t->phase_start = now();
 	report(t, PS_FLASH_WRITING, 0, total, true);
@@ -1651,21 +1683,27 @@ static void *writer_main(void *arg)
 	if (!j->req->verify)
 		goto out;
 
-	/* Read back once every digest is known, a few targets at a time (memory). */
+	/* Read back once every digest is known and every target is done writing (they share the
+	 * ring, so they finish together), a few targets at a time (memory). */
 	pthread_mutex_lock(&j->lock);
-	while ((!j->units_final || j->verifying >= PS_FLASH_MAX_VERIFYING) && j->fatal == 0)
+	while ((!j->units_final || j->n_live > 0 || j->verifying >= PS_FLASH_MAX_VERIFYING) &&
+	       j->fatal == 0)
 		pthread_cond_wait(&j->cond, &j->lock);
 	go = j->fatal == 0;
-	if (go)
+	if (go) {
 		j->verifying++;
+		slot = take_ring_slot(j);
+	}
 	pthread_mutex_unlock(&j->lock);
 	if (!go) {
 		take_fatal(t);
 		goto out;
 	}
-	rc = verify_target(t);
+	rc = verify_target(t, slot);
 	pthread_mutex_lock(&j->lock);
 	j->verifying--;
+	if (slot >= 0)
+		j->verify_slots &= ~(1u << slot);
 	pthread_cond_broadcast(&j->cond);
 	pthread_mutex_unlock(&j->lock);
 out:

@@ -18,7 +18,9 @@
 
 /* Memory: a ring of PS_FLASH_RING chunks of PS_FLASH_CHUNK bytes shared by all targets, and
  * two read-back buffers of PS_FLASH_VERIFY_CHUNK per target verifying (at most
- * PS_FLASH_MAX_VERIFYING at a time), whatever the image size. */
+ * PS_FLASH_MAX_VERIFYING at a time), whatever the image size. The read-backs start once every
+ * target is done writing and then take their buffers from the ring (they are allocated only
+ * while the hasher of a compressed image still holds ring chunks). */
 #define PS_FLASH_CHUNK	       (4u << 20)
 #define PS_FLASH_RING	       8
 #define PS_FLASH_VERIFY_CHUNK  (2u << 20)
