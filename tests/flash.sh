@@ -303,14 +303,13 @@ loop_reason=
 	loop_reason="no loop devices here (/dev/loop-control missing)"
 loops=""
 at_exit 'for l in $loops; do losetup -d "$l"; done'
-attach() { # attach FILE: print the new loop device
+attach() { # attach FILE: the new loop device in $l (not in a subshell: $loops must grow)
 	l=$(losetup -f --show "$1" 2>"$TMP/losetup.err") || return 1
 	loops="$loops $l"
-	echo "$l"
 }
 if [ -z "$loop_reason" ]; then
 	head -c "$size" /dev/zero | tr '\0' '\252' >"$TMP/disk"
-	LOOP=$(attach "$TMP/disk") || loop_reason="losetup: $(head -1 "$TMP/losetup.err")"
+	if attach "$TMP/disk"; then LOOP=$l; else loop_reason="losetup: $(head -1 "$TMP/losetup.err")"; fi
 fi
 if [ -z "$loop_reason" ]; then
 	for ext in "" .gz .xz .zst; do
@@ -335,7 +334,8 @@ if [ -z "$loop_reason" ]; then
 
 	# A 64 MiB disk: refused before writing when the size is known; otherwise at its end.
 	truncate -s 64M "$TMP/small"
-	SMALL=$(attach "$TMP/small")
+	attach "$TMP/small"
+	SMALL=$l
 	fails_with "an image larger than the disk is refused before writing (bmap)" \
 		"less than the $size needed" --image "$TMP/m.img.xz" --bmap "$TMP/m.bmap" \
 		--target "$SMALL" --allow-unlisted --allow-fixed-disk
