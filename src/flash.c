@@ -5,7 +5,8 @@
  * stream: of every chunk in the ring for a compressed image, of the file itself for a raw one
  * (holes without reading them), off the write path. A chunk's buffer is reused once every
  * consumer has released it, so memory is bounded whatever the image size; a failing target
- * stops counting as a consumer. */
+ * stops counting as a consumer. Also owns the image hash cache: the whole-image SHA-256 of an
+ * image file already hashed, so that the hasher does not run again for it. */
 #include "flash.h"
 #include "bmap.h"
 #include "util.h"
