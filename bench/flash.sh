@@ -195,9 +195,9 @@ report() { # report LABEL
 	printf '                         = %s%% of the raw write bandwidth (target: 90%%); bmaptool %s%%\n' \
 		"$(pct "$eff" "$raw_w")" "$(pct "$(mbps "$mapped" "$bmap")" "$raw_w")"
 	if [ "$src" -lt "$raw_w" ]; then
-		printf '                         = %s%% of the image read bandwidth, the lower bound here (the target\n' \
+		printf '                         = %s%% of the image read bandwidth above: here the target writes\n' \
 			"$(pct "$eff" "$src")"
-		printf '                           writes faster than the image can be read: not the bottleneck)\n'
+		printf '                           faster than the image is read, so it is not the bottleneck\n'
 	fi
 	printf '  write phase            %6s MB/s (first write to last flush, as provstation reports it, warm)\n' \
 		"$(med warm_nv.wrate)"
