@@ -6,7 +6,9 @@
 # `dd bs=4M conv=fsync` (the whole image), `bmaptool copy` and `provstation flash`, in one run,
 # the tools interleaved in every round. provstation runs four ways: its image hash cache cold
 # (the whole-image SHA-256 for the audit row computed) or warm (taken from the cache), each
-# with and without read-back verification. Prints medians, the ratios, the target's raw
+# with and without read-back verification. The order of the tools rotates from round to round:
+# on a virtual disk a write is faster where an earlier one has already allocated the host's
+# blocks, so a fixed order would favour whichever tool follows the big dd. Prints medians, the ratios, the target's raw
 # sequential write and read bandwidth measured in the same run, provstation's effective
 # bandwidth over the mapped bytes as a share of the raw write bandwidth, its verification rate
 # against the raw read bandwidth, CPU seconds and peak RSS.
@@ -40,8 +42,9 @@ cleanup() {
 }
 trap cleanup EXIT
 export LC_ALL=C
-# provstation's hash cache lives here (cold: removed before the run; warm: left in place).
-export XDG_CACHE_HOME="$work/cache"
+# provstation's hash cache: $work/cache-cold is removed before each cold run, $work/cache-warm
+# is filled once before the first round.
+export XDG_CACHE_HOME="$work/cache-warm"
 
 for c in bmaptool dd /usr/bin/time; do
 	command -v "$c" >/dev/null || { echo "bench/flash.sh: $c is not installed" >&2; exit 1; }
@@ -97,9 +100,9 @@ one_run() {
 # ps_run NAME cold|warm verify|no-verify TARGET: provstation flash, timed, with /usr/bin/time
 ps_run() {
 	local name=$1 cache=$2 verify=$3 target=$4
-	[ "$cache" = warm ] || rm -rf "$XDG_CACHE_HOME"
-	one_run "$name" /usr/bin/time -f 'rss_kb %M cpu %U %S' -o "$work/time" \
-		"$PROVSTATION" flash --image "$work/golden.img" --bmap "$work/golden.bmap" \
+	rm -rf "$work/cache-cold"
+	XDG_CACHE_HOME=$work/cache-$cache one_run "$name" \
+		/usr/bin/time -f 'rss_kb %M cpu %U %S' -o "$work/time" "$PROVSTATION" flash --image "$work/golden.img" --bmap "$work/golden.bmap" \
 		--target "$target" --allow-unlisted --allow-fixed-disk \
 		$([ "$verify" = verify ] || echo --no-verify)
 	grep -q "sha256 $image_sha" "$work/run.out" ||
@@ -110,9 +113,26 @@ ps_run() {
 	sed -n 's/.*bytes written, \([0-9.]*\) MB\/s.*/\1/p' "$work/run.out" >>"$work/$name.wrate"
 }
 
-# bench_target KIND TARGET: every tool RUNS times, interleaved
+# tool NAME TARGET: one timed run of a tool
+tool() {
+	case $1 in
+	dd) one_run dd dd if="$work/golden.img" of="$2" bs=4M conv=fsync status=none ;;
+	bmap)
+		one_run bmap /usr/bin/time -f 'cpu %U %S' -o "$work/time" \
+			bmaptool -q copy --bmap "$work/golden.bmap" "$work/golden.img" "$2"
+		awk '{print $2 + $3}' "$work/time" >>"$work/bmap.cpu"
+		;;
+	cold_nv) ps_run cold_nv cold no-verify "$2" ;;
+	warm_nv) ps_run warm_nv warm no-verify "$2" ;;
+	cold_v) ps_run cold_v cold verify "$2" ;;
+	warm_v) ps_run warm_v warm verify "$2" ;;
+	esac
+}
+tools=(dd bmap cold_nv warm_nv cold_v warm_v)
+
+# bench_target KIND TARGET: every tool RUNS times, interleaved, the order rotating
 bench_target() {
-	local kind=$1 target=$2 i n
+	local kind=$1 target=$2 i k n
 	for n in rawd read rawf src dd bmap cold_nv cold_v warm_nv warm_v; do
 		: >"$work/$n" >"$work/$n.cpu" >"$work/$n.vrate" >"$work/$n.wrate"
 	done
@@ -128,20 +148,10 @@ bench_target() {
 		one_run rawf dd if=/dev/zero of="$target" bs=4M count=$raw_count conv=fsync status=none
 		one_run src dd if="$work/golden.img" of=/dev/null bs=4M iflag=skip_bytes,count_bytes \
 			skip="$big_off" count="$big_len" status=none
-		fresh
-		one_run dd dd if="$work/golden.img" of="$target" bs=4M conv=fsync status=none
-		fresh
-		one_run bmap /usr/bin/time -f 'cpu %U %S' -o "$work/time" \
-			bmaptool -q copy --bmap "$work/golden.bmap" "$work/golden.img" "$target"
-		awk '{print $2 + $3}' "$work/time" >>"$work/bmap.cpu"
-		fresh
-		ps_run cold_nv cold no-verify "$target"
-		fresh
-		ps_run warm_nv warm no-verify "$target"
-		fresh
-		ps_run cold_v cold verify "$target"
-		fresh
-		ps_run warm_v warm verify "$target"
+		for k in 0 1 2 3 4 5; do
+			fresh
+			tool "${tools[(k + i - 1) % 6]}" "$target"
+		done
 	done
 	printf '%20s\r' '' >&2
 }
@@ -217,6 +227,12 @@ w = time.time() - w; c = time.process_time() - c
 print("cpu check: SHA-256 of 1 GiB in one thread: %.2f s wall for %.2f s CPU%s" % (w, c,
       "" if w < 1.3 * c else " -- the machine is busy: CPU-bound work runs %.1fx slower" % (w / c)))'
 fi
+# The warm cache: one untimed flash records the image's SHA-256.
+"$PROVSTATION" flash --image "$work/golden.img" --bmap "$work/golden.bmap" \
+	--target "$work/prime.img" --no-verify >/dev/null
+rm -f "$work/prime.img"
+grep -q " $image_sha\$" "$work/cache-warm/provstation/image-sha256" ||
+	{ echo "bench/flash.sh: provstation did not record the image's SHA-256" >&2; exit 1; }
 printf 'image: %d MiB, %d MiB mapped (bmap), on %s (%s); load average %s\n' \
 	$((image_bytes / 1048576)) $((mapped / 1048576)) "$work" \
 	"$(df -T "$work" | awk 'NR == 2 {print $2 " on " $1}')" "$(cut -d' ' -f1-3 /proc/loadavg)"
