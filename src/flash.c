@@ -38,6 +38,7 @@
 _Static_assert(PS_FLASH_CHUNK >= 2 * PS_FLASH_VERIFY_CHUNK,
 	       "a ring slot holds two read-back buffers");
 _Static_assert(PS_FLASH_RING <= 32, "verify_slots is a 32-bit mask");
+_Static_assert(PS_FLASH_RING >= 2 * PS_FLASH_MAX_VERIFYING, "two ring slots per read-back");
 
 /* ------------------------------------------------------------------------ the image */
 
@@ -1419,7 +1420,13 @@ static void drop(struct target *t, uint64_t seq)
 	pthread_mutex_unlock(&j->lock);
 }
 
-/* ---- read-back: a helper thread reads ahead into one buffer while the other is hashed */
+/* ---- read-back: helper threads read ahead into buffers while the one before is hashed. With
+ * buffers of its own a target has two (one read in flight); with buffers lent by the ring, four
+ * and two helpers (two reads in flight: faster where the device serves several at once). Piece
+ * i (of PS_FLASH_VERIFY_CHUNK at most, in the order of the units) goes into buffer i % nbuf and
+ * is read by helper i % (nbuf / 2), so each buffer has one writer and is filled in order. */
+
+#define RB_MAX 4
 
 struct piece {
 	uint64_t off;
@@ -1434,9 +1441,18 @@ struct readback {
 	struct target *t;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	unsigned char *buf[2];
-	struct piece p[2];
-	bool stop, done;
+	size_t nbuf; /* 2 or RB_MAX */
+	unsigned char *buf[RB_MAX];
+	struct piece p[RB_MAX];
+	bool stop;
+	size_t done; /* helpers finished */
+};
+
+struct helper {
+	struct readback *rb;
+	size_t id;
+	pthread_t thread;
+	bool started;
 };
 
 static ssize_t read_piece(struct target *t, unsigned char *buf, size_t len, uint64_t off)
@@ -1451,30 +1467,38 @@ static ssize_t read_piece(struct target *t, unsigned char *buf, size_t len, uint
 
 static void *readahead_main(void *arg)
 {
-	struct readback *rb = arg;
+	struct helper *h = arg;
+	struct readback *rb = h->rb;
 	struct job *j = rb->t->job;
-	size_t u, k = 0;
+	size_t u, i = 0, helpers = rb->nbuf / 2;
+	bool stop = false;
 
-	for (u = 0; u < j->n_units; u++) {
+	for (u = 0; u < j->n_units && !stop; u++) {
 		uint64_t off = j->units[u].off, end = off + j->units[u].len;
 		bool first = true;
 
-		while (off < end) {
+		for (; off < end && !stop; i++) {
 			uint64_t n = PS_FLASH_VERIFY_CHUNK - off % PS_FLASH_VERIFY_CHUNK;
 			struct piece p = {off, 0, u, first, false, 0, true};
+			size_t k = i % rb->nbuf;
 			ssize_t got;
 
 			if (n > end - off)
 				n = end - off;
 			p.len = (size_t)n;
 			p.last = off + n == end;
+			off += n;
+			first = false;
+			if (i % helpers != h->id)
+				continue;
 			pthread_mutex_lock(&rb->lock);
 			while (rb->p[k].full && !rb->stop)
 				pthread_cond_wait(&rb->cond, &rb->lock);
+			stop = rb->stop;
 			pthread_mutex_unlock(&rb->lock);
-			if (rb->stop)
-				goto out;
-			got = read_piece(rb->t, rb->buf[k], p.len, off);
+			if (stop)
+				break;
+			got = read_piece(rb->t, rb->buf[k], p.len, p.off);
 			if (got < 0)
 				p.err = errno ? errno : EIO;
 			else if ((size_t)got < p.len)
@@ -1483,57 +1507,62 @@ static void *readahead_main(void *arg)
 			rb->p[k] = p;
 			pthread_cond_broadcast(&rb->cond);
 			pthread_mutex_unlock(&rb->lock);
-			k ^= 1;
-			off += n;
-			first = false;
 		}
 	}
-out:
 	pthread_mutex_lock(&rb->lock);
-	rb->done = true;
+	rb->done++;
 	pthread_cond_broadcast(&rb->cond);
 	pthread_mutex_unlock(&rb->lock);
 	return NULL;
 }
 
-/* Read back into ring slot `slot` (free once every target is done writing: its two halves are
- * the read-back buffers, no memory added) or, when slot < 0, into buffers of its own. */
-static int verify_target(struct target *t, int slot)
+/* Read back into the ring slots in the mask `slots` (free once every target is done writing,
+ * each slot two buffers, no memory added) or, when it is 0, into two buffers of its own. */
+static int verify_target(struct target *t, unsigned slots)
 {
 	struct job *j = t->job;
-	struct readback rb = {.t = t};
+	struct readback rb = {.t = t, .nbuf = 2};
+	struct helper helpers[RB_MAX / 2];
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	uint64_t total = 0, done = 0;
-	pthread_t thread;
-	bool started = false;
-	size_t k = 0, u;
+	size_t k = 0, u, i, n_helpers;
 	int rc = 0;
 
+	memset(helpers, 0, sizeof(helpers));
 	for (u = 0; u < j->n_units; u++)
 		total += j->units[u].len;
 	pthread_mutex_init(&rb.lock, NULL);
 	pthread_cond_init(&rb.cond, NULL);
-	if (slot >= 0) {
-		rb.buf[0] = j->ring[slot].buf;
-		rb.buf[1] = j->ring[slot].buf + PS_FLASH_VERIFY_CHUNK;
+	if (slots != 0) {
+		rb.nbuf = 0;
+		for (i = 0; i < PS_FLASH_RING && rb.nbuf < RB_MAX; i++)
+			if (slots & (1u << i)) {
+				rb.buf[rb.nbuf++] = j->ring[i].buf;
+				rb.buf[rb.nbuf++] = j->ring[i].buf + PS_FLASH_VERIFY_CHUNK;
+			}
 	}
 	if (md == NULL ||
-	    (slot < 0 &&
+	    (slots == 0 &&
 	     (posix_memalign((void **)&rb.buf[0], MIN_ALIGN, PS_FLASH_VERIFY_CHUNK) != 0 ||
 	      posix_memalign((void **)&rb.buf[1], MIN_ALIGN, PS_FLASH_VERIFY_CHUNK) != 0))) {
 		rc = target_fail(t, PS_ENOMEM, "out of memory for the read-back");
 		goto out;
 	}
+	n_helpers = rb.nbuf / 2;
 	/* Whatever went through the page cache is on the disk now: drop it so that the
 	 * buffered reads (unaligned pieces, targets without O_DIRECT) come from the disk. */
 	posix_fadvise(t->fd, 0, 0, POSIX_FADV_DONTNEED);
 	t->phase_start = now();
 	report(t, PS_FLASH_VERIFYING, 0, total, true);
-	if (pthread_create(&thread, NULL, readahead_main, &rb) != 0) {
-		rc = target_fail(t, PS_ENOMEM, "cannot start the read-back thread");
-		goto out;
+	for (i = 0; i < n_helpers; i++) {
+		helpers[i].rb = &rb;
+		helpers[i].id = i;
+		if (pthread_create(&helpers[i].thread, NULL, readahead_main, &helpers[i]) != 0) {
+			rc = target_fail(t, PS_ENOMEM, "cannot start the read-back thread");
+			goto out;
+		}
+		helpers[i].started = true;
 	}
-	started = true;
 	for (;;) {
 		struct piece p;
 		const struct unit *unit;
@@ -1541,12 +1570,12 @@ static int verify_target(struct target *t, int slot)
 		unsigned int sha_len = 0;
 
 		pthread_mutex_lock(&rb.lock);
-		while (!rb.p[k].full && !rb.done)
+		while (!rb.p[k].full && rb.done < n_helpers)
 			pthread_cond_wait(&rb.cond, &rb.lock);
 		p = rb.p[k];
 		pthread_mutex_unlock(&rb.lock);
 		if (!p.full)
-			break; /* the helper is done and nothing is left */
+			break; /* the helpers are done and nothing is left */
 		unit = &j->units[p.unit];
 		if (cancelled(j)) {
 			rc = target_fail(t, PS_EIO, "cancelled while verifying");
@@ -1577,20 +1606,20 @@ static int verify_target(struct target *t, int slot)
 		rb.p[k].full = false;
 		pthread_cond_broadcast(&rb.cond);
 		pthread_mutex_unlock(&rb.lock);
-		k ^= 1;
+		k = (k + 1) % rb.nbuf;
 	}
 out:
-	if (started) {
-		pthread_mutex_lock(&rb.lock);
-		rb.stop = true;
-		pthread_cond_broadcast(&rb.cond);
-		pthread_mutex_unlock(&rb.lock);
-		pthread_join(thread, NULL);
-	}
+	pthread_mutex_lock(&rb.lock);
+	rb.stop = true;
+	pthread_cond_broadcast(&rb.cond);
+	pthread_mutex_unlock(&rb.lock);
+	for (i = 0; i < RB_MAX / 2; i++)
+		if (helpers[i].started)
+			pthread_join(helpers[i].thread, NULL);
 	t->res->verify_seconds = now() - t->phase_start;
 	if (rc == 0)
 		t->res->verified = true;
-	if (slot < 0) {
+	if (slots == 0) {
 		free(rb.buf[0]);
 		free(rb.buf[1]);
 	}
@@ -1600,22 +1629,35 @@ out:
 	return rc;
 }
 
-/* A ring slot for a read-back, under the job lock: every writer is done (n_live is 0) and the
- * checker too (units_final), so once no slot is held (by the hasher of a compressed image that
- * is still behind) the ring is free for good. -1 when it is not. */
-static int take_ring_slot(struct job *j)
+/* Whether a chunk of the ring is still held: with every writer done (n_live is 0) and the
+ * checker too (units_final), only by the hasher of a compressed image, which has at most the
+ * ring's last chunks left to hash. */
+static bool ring_held(const struct job *j)
 {
 	int i;
 
 	for (i = 0; i < PS_FLASH_RING; i++)
 		if (j->ring[i].refs > 0)
-			return -1;
-	for (i = 0; i < PS_FLASH_RING; i++)
+			return true;
+	return false;
+}
+
+/* Ring slots for a read-back (a mask), under the job lock, once the ring is free for good: two
+ * slots each for the PS_FLASH_MAX_VERIFYING read-backs. 0 when it is still held. */
+static unsigned take_ring_slots(struct job *j)
+{
+	unsigned mask = 0;
+	int i, n = 0;
+
+	if (ring_held(j))
+		return 0;
+	for (i = 0; i < PS_FLASH_RING && n < RB_MAX / 2; i++)
 		if (!(j->verify_slots & (1u << i))) {
-			j->verify_slots |= 1u << i;
-			return i;
+			mask |= 1u << i;
+			n++;
 		}
-	return -1;
+	j->verify_slots |= mask;
+	return mask;
 }
 
 /* Copy the image's failure into a target that has none of its own. */
@@ -1642,7 +1684,8 @@ static void *writer_main(void *arg)
 	uint64_t seq, total = j->total;
 	double start;
 	bool skip, go;
-	int rc = 0, slot = -1;
+	int rc = 0;
+	unsigned slots = 0;
 
 	start = t->phase_start = now();
 	report(t, PS_FLASH_WRITING, 0, total, true);
@@ -1684,27 +1727,28 @@ static void *writer_main(void *arg)
 	if (!j->req->verify)
 		goto out;
 
-	/* Read back once every digest is known and every target is done writing (they share the
-	 * ring, so they finish together), a few targets at a time (memory). */
+	/* Read back once every digest is known, every target is done writing (they share the ring,
+	 * so they finish together) and the ring is free (its buffers serve the read-backs), a few
+	 * targets at a time. */
 	pthread_mutex_lock(&j->lock);
-	while ((!j->units_final || j->n_live > 0 || j->verifying >= PS_FLASH_MAX_VERIFYING) &&
+	while ((!j->units_final || j->n_live > 0 || ring_held(j) ||
+		j->verifying >= PS_FLASH_MAX_VERIFYING) &&
 	       j->fatal == 0)
 		pthread_cond_wait(&j->cond, &j->lock);
 	go = j->fatal == 0;
 	if (go) {
 		j->verifying++;
-		slot = take_ring_slot(j);
+		slots = take_ring_slots(j);
 	}
 	pthread_mutex_unlock(&j->lock);
 	if (!go) {
 		take_fatal(t);
 		goto out;
 	}
-	rc = verify_target(t, slot);
+	rc = verify_target(t, slots);
 	pthread_mutex_lock(&j->lock);
 	j->verifying--;
-	if (slot >= 0)
-		j->verify_slots &= ~(1u << slot);
+	j->verify_slots &= ~slots;
 	pthread_cond_broadcast(&j->cond);
 	pthread_mutex_unlock(&j->lock);
 out:

@@ -16,11 +16,10 @@
 
 #define PS_FLASH_MAX_TARGETS 32
 
-/* Memory: a ring of PS_FLASH_RING chunks of PS_FLASH_CHUNK bytes shared by all targets, and
- * two read-back buffers of PS_FLASH_VERIFY_CHUNK per target verifying (at most
- * PS_FLASH_MAX_VERIFYING at a time), whatever the image size. The read-backs start once every
- * target is done writing and then take their buffers from the ring (they are allocated only
- * while the hasher of a compressed image still holds ring chunks). */
+/* Memory: a ring of PS_FLASH_RING chunks of PS_FLASH_CHUNK bytes shared by all targets,
+ * whatever the image size. The read-backs (at most PS_FLASH_MAX_VERIFYING at a time) start once
+ * every target is done writing and the ring is free, and read into its chunks: four buffers of
+ * PS_FLASH_VERIFY_CHUNK each, two reads in flight. */
 #define PS_FLASH_CHUNK	       (4u << 20)
 #define PS_FLASH_RING	       8
 #define PS_FLASH_VERIFY_CHUNK  (2u << 20)
