@@ -5,13 +5,15 @@
  * stream: of every chunk in the ring for a compressed image, of the file itself for a raw one
  * (holes without reading them), off the write path. A chunk's buffer is reused once every
  * consumer has released it, so memory is bounded whatever the image size; a failing target
- * stops counting as a consumer. */
+ * stops counting as a consumer. Also owns the image hash cache: the whole-image SHA-256 of an
+ * image file already hashed, so that the hasher does not run again for it. */
 #include "flash.h"
 #include "bmap.h"
 #include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/fs.h>
 #include <lzma.h>
 #include <openssl/evp.h>
@@ -32,6 +34,11 @@
 #define HASH_BUF  (1u << 20) /* the hasher's buffer for unmapped ranges of raw images */
 #define MIN_ALIGN 4096u	     /* O_DIRECT offsets, lengths and buffers */
 #define NO_RANGE  ((size_t)-1)
+
+_Static_assert(PS_FLASH_CHUNK >= 2 * PS_FLASH_VERIFY_CHUNK,
+	       "a ring slot holds two read-back buffers");
+_Static_assert(PS_FLASH_RING <= 32, "verify_slots is a 32-bit mask");
+_Static_assert(PS_FLASH_RING >= 2 * PS_FLASH_MAX_VERIFYING, "two ring slots per read-back");
 
 /* ------------------------------------------------------------------------ the image */
 
@@ -427,6 +434,321 @@ static int source_read(struct source *s, unsigned char *out, size_t len, size_t 
 	return rc;
 }
 
+/* ------------------------------------------------------------------------ the hash cache */
+
+/* The whole-image SHA-256 of regular image files, keyed by the file's identity, in a small
+ * text file (see ps_flash_request.hash_cache):
+ *
+ *   provstation image-sha256 cache 1
+ *   DEV INO SIZE MTIME CTIME FORMAT STREAM_SIZE SHA256
+ *
+ * one image a line, the newest first, MTIME and CTIME as SECONDS.NANOSECONDS (9 digits).
+ * The file is only believed when it is a regular file owned by the user and writable by
+ * nobody else; a line that does not parse exactly is ignored (and dropped at the next
+ * write). Writes replace the whole file (ps_write_file) under a process-wide lock.
+ *
+ * File times have the granularity of the kernel's clock tick (or worse: 2 s on FAT), so a
+ * change made within the same tick as the one before it may leave them as they were. An entry
+ * is therefore only recorded when the image's ctime is older, by more than that granularity,
+ * than the moment the job first looked at the file: any later change then gets a new ctime
+ * (the "racily clean" rule of git's index). */
+
+#define CACHE_HEADER	  "provstation image-sha256 cache 1"
+#define CACHE_MAX_BYTES	  (64u << 10)
+#define CACHE_MAX_ENTRIES 64
+#define CACHE_LINE_MAX	  256
+
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+struct image_key {
+	unsigned long long dev, ino, size;
+	long long mtime_s, ctime_s;
+	long mtime_ns, ctime_ns;
+};
+
+struct cache_entry {
+	struct image_key key;
+	enum ps_flash_format format;
+	uint64_t stream_size;
+	char sha256[65];
+};
+
+/* The image was last changed long enough before `at` for any later change to show in its
+ * ctime: 2 s when its times are whole milliseconds (FAT, ext3, some network filesystems), 50 ms
+ * (a few clock ticks) otherwise. */
+static bool key_settled(const struct image_key *k, const struct timespec *at)
+{
+	long long margin = k->ctime_ns % 1000000 == 0 ? 2000000000LL : 50000000LL;
+	long long age = ((long long)at->tv_sec - k->ctime_s) * 1000000000LL +
+			((long long)at->tv_nsec - k->ctime_ns);
+
+	return age > margin;
+}
+
+/* The station's wall clock, to the nanosecond unless PROVSTATION_NOW pins it (tests). */
+static void station_time(struct timespec *at)
+{
+	time_t pinned = ps_now();
+
+	clock_gettime(CLOCK_REALTIME, at);
+	if (pinned != at->tv_sec) {
+		at->tv_sec = pinned;
+		at->tv_nsec = 0;
+	}
+}
+
+static void key_of(const struct stat *st, struct image_key *k)
+{
+	memset(k, 0, sizeof(*k));
+	k->dev = (unsigned long long)st->st_dev;
+	k->ino = (unsigned long long)st->st_ino;
+	k->size = (unsigned long long)st->st_size;
+	k->mtime_s = (long long)st->st_mtim.tv_sec;
+	k->mtime_ns = st->st_mtim.tv_nsec;
+	k->ctime_s = (long long)st->st_ctim.tv_sec;
+	k->ctime_ns = st->st_ctim.tv_nsec;
+}
+
+static bool key_equal(const struct image_key *a, const struct image_key *b)
+{
+	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
+	       a->mtime_s == b->mtime_s && a->mtime_ns == b->mtime_ns && a->ctime_s == b->ctime_s &&
+	       a->ctime_ns == b->ctime_ns;
+}
+
+/* The cache file's path; false when there is none. */
+static bool cache_path(const struct ps_flash_request *req, char *out, size_t size)
+{
+	const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+	int n;
+
+	if (req->no_hash_cache)
+		return false;
+	if (req->hash_cache != NULL)
+		n = snprintf(out, size, "%s", req->hash_cache);
+	else if (xdg != NULL && xdg[0] == '/') /* relative ones are to be ignored (XDG spec) */
+		n = snprintf(out, size, "%s/provstation/image-sha256", xdg);
+	else if (home != NULL && home[0] == '/')
+		n = snprintf(out, size, "%s/.cache/provstation/image-sha256", home);
+	else
+		return false;
+	return n > 0 && (size_t)n < size;
+}
+
+/* A decimal number made of 1 to 20 digits and nothing else. */
+static bool parse_ull(const char *s, unsigned long long *v)
+{
+	char *end = NULL;
+
+	if (*s < '0' || *s > '9' || strlen(s) > 20)
+		return false;
+	errno = 0;
+	*v = strtoull(s, &end, 10);
+	return errno == 0 && *end == '\0';
+}
+
+/* SECONDS.NANOSECONDS, with exactly 9 digits of nanoseconds; seconds may be negative. */
+static bool parse_time(char *s, long long *sec, long *nsec)
+{
+	char *dot = strchr(s, '.');
+	unsigned long long a, b;
+	bool neg = s[0] == '-';
+
+	if (dot == NULL || strlen(dot + 1) != 9)
+		return false;
+	*dot = '\0';
+	if (!parse_ull(s + neg, &a) || !parse_ull(dot + 1, &b) || a > (unsigned long long)INT64_MAX)
+		return false;
+	*sec = neg ? -(long long)a : (long long)a;
+	*nsec = (long)b;
+	return true;
+}
+
+static bool parse_format(const char *s, enum ps_flash_format *f)
+{
+	static const enum ps_flash_format all[] = {PS_FLASH_RAW, PS_FLASH_GZIP, PS_FLASH_XZ,
+						   PS_FLASH_ZSTD};
+	size_t i;
+
+	for (i = 0; i < PS_ARRAY_SIZE(all); i++)
+		if (strcmp(s, ps_flash_format_name(all[i])) == 0) {
+			*f = all[i];
+			return true;
+		}
+	return false;
+}
+
+/* One line (without its newline) into e; false when it is not exactly an entry. */
+static bool cache_parse_line(const char *line, size_t len, struct cache_entry *e)
+{
+	char buf[CACHE_LINE_MAX], *field[8], *p;
+	unsigned long long v;
+	size_t n = 0, i;
+
+	if (len == 0 || len >= sizeof(buf) || memchr(line, '\0', len) != NULL)
+		return false;
+	memcpy(buf, line, len);
+	buf[len] = '\0';
+	for (p = buf; n < PS_ARRAY_SIZE(field); n++) {
+		field[n] = p;
+		p = strchr(p, ' ');
+		if (p == NULL) {
+			n++;
+			break;
+		}
+		*p++ = '\0';
+	}
+	if (n != PS_ARRAY_SIZE(field) || p != NULL)
+		return false;
+	memset(e, 0, sizeof(*e));
+	if (!parse_ull(field[0], &e->key.dev) || !parse_ull(field[1], &e->key.ino) ||
+	    !parse_ull(field[2], &e->key.size) ||
+	    !parse_time(field[3], &e->key.mtime_s, &e->key.mtime_ns) ||
+	    !parse_time(field[4], &e->key.ctime_s, &e->key.ctime_ns) ||
+	    !parse_format(field[5], &e->format) || !parse_ull(field[6], &v) ||
+	    strlen(field[7]) != 64)
+		return false;
+	e->stream_size = v;
+	for (i = 0; i < 64; i++)
+		if (!((field[7][i] >= '0' && field[7][i] <= '9') ||
+		      (field[7][i] >= 'a' && field[7][i] <= 'f')))
+			return false;
+	memcpy(e->sha256, field[7], 65);
+	return true;
+}
+
+static size_t cache_format_line(const struct cache_entry *e, char *out, size_t size)
+{
+	int n = snprintf(out, size, "%llu %llu %llu %lld.%09ld %lld.%09ld %s %llu %s\n", e->key.dev,
+			 e->key.ino, e->key.size, e->key.mtime_s, e->key.mtime_ns, e->key.ctime_s,
+			 e->key.ctime_ns, ps_flash_format_name(e->format),
+			 (unsigned long long)e->stream_size, e->sha256);
+
+	return n > 0 && (size_t)n < size ? (size_t)n : 0;
+}
+
+/* The cache file's content (NUL-terminated, after its header line) when it can be believed:
+ * a regular file (not a symbolic link) owned by the user, writable by nobody else, with the
+ * right header; NULL otherwise (missing, foreign, too large). */
+static char *cache_read(const char *path, size_t *len_out)
+{
+	size_t hl = strlen(CACHE_HEADER), len = 0;
+	struct stat st;
+	char *buf = NULL;
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+
+	if (fd < 0)
+		goto fail;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+	    (st.st_mode & (S_IWGRP | S_IWOTH)) != 0 || st.st_size < 0 ||
+	    (uint64_t)st.st_size > CACHE_MAX_BYTES)
+		goto fail;
+	buf = malloc((size_t)st.st_size + 1);
+	if (buf == NULL)
+		goto fail;
+	while (len < (size_t)st.st_size) {
+		ssize_t n = read(fd, buf + len, (size_t)st.st_size - len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	if (len <= hl || memcmp(buf, CACHE_HEADER, hl) != 0 || buf[hl] != '\n')
+		goto fail;
+	close(fd);
+	memmove(buf, buf + hl + 1, len - hl); /* with the NUL */
+	*len_out = len - hl - 1;
+	return buf;
+fail:
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+	return NULL;
+}
+
+/* The entry for key, if the cache holds one for this format. */
+static bool cache_lookup(const char *path, const struct image_key *key, enum ps_flash_format format,
+			 struct cache_entry *out)
+{
+	size_t len = 0, pos = 0;
+	bool found = false;
+	char *buf;
+
+	pthread_mutex_lock(&cache_lock);
+	buf = cache_read(path, &len);
+	while (buf != NULL && pos < len && !found) {
+		const char *nl = memchr(buf + pos, '\n', len - pos);
+		size_t ll = nl != NULL ? (size_t)(nl - (buf + pos)) : len - pos;
+
+		found = cache_parse_line(buf + pos, ll, out) && key_equal(&out->key, key) &&
+			out->format == format &&
+			(format != PS_FLASH_RAW || out->stream_size == key->size);
+		pos += ll + 1;
+	}
+	free(buf);
+	pthread_mutex_unlock(&cache_lock);
+	return found;
+}
+
+/* Rewrite the cache: add (may be NULL) first, then the other entries that still parse, the
+ * entry of the same file (device and inode) dropped. Best effort: a cache that cannot be
+ * written only costs the next flash a hash. Nothing is written in a directory that another
+ * user owns or may write. */
+static void cache_update(const char *path, const struct cache_entry *add,
+			 const struct image_key *drop_key)
+{
+	char dir[PATH_MAX], line[CACHE_LINE_MAX], *old = NULL, *out = NULL, *slash;
+	size_t old_len = 0, pos = 0, used = 0, n_entries = 0, cap;
+	struct stat st;
+
+	if (snprintf(dir, sizeof(dir), "%s", path) >= (int)sizeof(dir))
+		return;
+	slash = strrchr(dir, '/');
+	if (slash == NULL)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == dir)
+		dir[1] = '\0';
+	else
+		*slash = '\0';
+	pthread_mutex_lock(&cache_lock);
+	if (ps_mkdir_p(dir, 0700, NULL) < 0 || lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode) ||
+	    st.st_uid != geteuid() || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+		goto out;
+	old = cache_read(path, &old_len);
+	cap = strlen(CACHE_HEADER) + 1 + (CACHE_MAX_ENTRIES + 1) * CACHE_LINE_MAX;
+	out = malloc(cap);
+	if (out == NULL)
+		goto out;
+	used = (size_t)snprintf(out, cap, "%s\n", CACHE_HEADER);
+	if (add != NULL) {
+		used += cache_format_line(add, out + used, cap - used);
+		n_entries++;
+	}
+	while (old != NULL && pos < old_len && n_entries < CACHE_MAX_ENTRIES) {
+		const char *nl = memchr(old + pos, '\n', old_len - pos);
+		size_t ll = nl != NULL ? (size_t)(nl - (old + pos)) : old_len - pos;
+		struct cache_entry e;
+
+		if (cache_parse_line(old + pos, ll, &e) &&
+		    !(e.key.dev == drop_key->dev && e.key.ino == drop_key->ino)) {
+			size_t n = cache_format_line(&e, line, sizeof(line));
+
+			memcpy(out + used, line, n);
+			used += n;
+			n_entries++;
+		}
+		pos += ll + 1;
+	}
+	ps_write_file(path, out, used, 0600, 0, NULL);
+out:
+	pthread_mutex_unlock(&cache_lock);
+	free(old);
+	free(out);
+}
+
 /* ------------------------------------------------------------------------ the job */
 
 enum slot_kind { SLOT_DATA, SLOT_GAP, SLOT_END };
@@ -494,6 +816,7 @@ struct job {
 	    hash_from_file; /* raw: the hasher reads the file itself (holes without reading),
 			       off the write path; compressed: it takes every chunk from the ring */
 	int verifying;
+	unsigned verify_slots; /* ring slots lent to read-backs (bit i: slot i) */
 
 	struct unit *units;
 	size_t n_units, cap_units;
@@ -504,6 +827,18 @@ struct job {
 	bool hasher_started, checker_started;
 	bool hashed;
 	char image_sha256[65];
+	bool read_complete; /* the reader reached the end of the image */
+
+	/* The image file's identity (regular files), for the hash cache and for noticing that
+	 * the image changed under the job. */
+	struct image_key key;
+	bool key_ok;
+	struct timespec looked_at; /* when key was taken */
+	char cache_file[PATH_MAX];
+	bool cache_on;
+	bool cache_hit; /* cached is the image's entry: the hasher does not run */
+	struct cache_entry cached;
+	bool sha_from_cache;
 
 	_Atomic uint64_t est_in, est_out; /* compressed and decompressed bytes so far */
 	struct target *targets;
@@ -633,7 +968,7 @@ static void publish(struct job *j, struct slot *s, uint64_t seq)
 {
 	pthread_mutex_lock(&j->lock);
 	s->seq = seq;
-	s->refs = j->hash_from_file ? 0 : 1; /* the hasher */
+	s->refs = j->hash_from_file || j->cache_hit ? 0 : 1; /* the hasher */
 	if (s->kind == SLOT_DATA)
 		s->refs += (j->need_checker ? 1 : 0) + j->n_live;
 	if (s->kind == SLOT_END)
@@ -796,6 +1131,7 @@ static int read_image(struct reader *r)
 		return 1;
 	s->kind = SLOT_END;
 	s->len = 0;
+	j->read_complete = true;
 	publish(j, s, r->seq++);
 	return 0;
 }
@@ -1084,7 +1420,13 @@ static void drop(struct target *t, uint64_t seq)
 	pthread_mutex_unlock(&j->lock);
 }
 
-/* ---- read-back: a helper thread reads ahead into one buffer while the other is hashed */
+/* ---- read-back: helper threads read ahead into buffers while the one before is hashed. With
+ * buffers of its own a target has two (one read in flight); with buffers lent by the ring, four
+ * and two helpers (two reads in flight: faster where the device serves several at once). Piece
+ * i (of PS_FLASH_VERIFY_CHUNK at most, in the order of the units) goes into buffer i % nbuf and
+ * is read by helper i % (nbuf / 2), so each buffer has one writer and is filled in order. */
+
+#define RB_MAX 4
 
 struct piece {
 	uint64_t off;
@@ -1099,9 +1441,18 @@ struct readback {
 	struct target *t;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	unsigned char *buf[2];
-	struct piece p[2];
-	bool stop, done;
+	size_t nbuf; /* 2 or RB_MAX */
+	unsigned char *buf[RB_MAX];
+	struct piece p[RB_MAX];
+	bool stop;
+	size_t done; /* helpers finished */
+};
+
+struct helper {
+	struct readback *rb;
+	size_t id;
+	pthread_t thread;
+	bool started;
 };
 
 static ssize_t read_piece(struct target *t, unsigned char *buf, size_t len, uint64_t off)
@@ -1116,30 +1467,38 @@ static ssize_t read_piece(struct target *t, unsigned char *buf, size_t len, uint
 
 static void *readahead_main(void *arg)
 {
-	struct readback *rb = arg;
+	struct helper *h = arg;
+	struct readback *rb = h->rb;
 	struct job *j = rb->t->job;
-	size_t u, k = 0;
+	size_t u, i = 0, helpers = rb->nbuf / 2;
+	bool stop = false;
 
-	for (u = 0; u < j->n_units; u++) {
+	for (u = 0; u < j->n_units && !stop; u++) {
 		uint64_t off = j->units[u].off, end = off + j->units[u].len;
 		bool first = true;
 
-		while (off < end) {
+		for (; off < end && !stop; i++) {
 			uint64_t n = PS_FLASH_VERIFY_CHUNK - off % PS_FLASH_VERIFY_CHUNK;
 			struct piece p = {off, 0, u, first, false, 0, true};
+			size_t k = i % rb->nbuf;
 			ssize_t got;
 
 			if (n > end - off)
 				n = end - off;
 			p.len = (size_t)n;
 			p.last = off + n == end;
+			off += n;
+			first = false;
+			if (i % helpers != h->id)
+				continue;
 			pthread_mutex_lock(&rb->lock);
 			while (rb->p[k].full && !rb->stop)
 				pthread_cond_wait(&rb->cond, &rb->lock);
+			stop = rb->stop;
 			pthread_mutex_unlock(&rb->lock);
-			if (rb->stop)
-				goto out;
-			got = read_piece(rb->t, rb->buf[k], p.len, off);
+			if (stop)
+				break;
+			got = read_piece(rb->t, rb->buf[k], p.len, p.off);
 			if (got < 0)
 				p.err = errno ? errno : EIO;
 			else if ((size_t)got < p.len)
@@ -1148,50 +1507,62 @@ static void *readahead_main(void *arg)
 			rb->p[k] = p;
 			pthread_cond_broadcast(&rb->cond);
 			pthread_mutex_unlock(&rb->lock);
-			k ^= 1;
-			off += n;
-			first = false;
 		}
 	}
-out:
 	pthread_mutex_lock(&rb->lock);
-	rb->done = true;
+	rb->done++;
 	pthread_cond_broadcast(&rb->cond);
 	pthread_mutex_unlock(&rb->lock);
 	return NULL;
 }
 
-static int verify_target(struct target *t)
+/* Read back into the ring slots in the mask `slots` (free once every target is done writing,
+ * each slot two buffers, no memory added) or, when it is 0, into two buffers of its own. */
+static int verify_target(struct target *t, unsigned slots)
 {
 	struct job *j = t->job;
-	struct readback rb = {.t = t};
+	struct readback rb = {.t = t, .nbuf = 2};
+	struct helper helpers[RB_MAX / 2];
 	EVP_MD_CTX *md = EVP_MD_CTX_new();
 	uint64_t total = 0, done = 0;
-	pthread_t thread;
-	bool started = false;
-	size_t k = 0, u;
+	size_t k = 0, u, i, n_helpers;
 	int rc = 0;
 
+	memset(helpers, 0, sizeof(helpers));
 	for (u = 0; u < j->n_units; u++)
 		total += j->units[u].len;
 	pthread_mutex_init(&rb.lock, NULL);
 	pthread_cond_init(&rb.cond, NULL);
+	if (slots != 0) {
+		rb.nbuf = 0;
+		for (i = 0; i < PS_FLASH_RING && rb.nbuf < RB_MAX; i++)
+			if (slots & (1u << i)) {
+				rb.buf[rb.nbuf++] = j->ring[i].buf;
+				rb.buf[rb.nbuf++] = j->ring[i].buf + PS_FLASH_VERIFY_CHUNK;
+			}
+	}
 	if (md == NULL ||
-	    posix_memalign((void **)&rb.buf[0], MIN_ALIGN, PS_FLASH_VERIFY_CHUNK) != 0 ||
-	    posix_memalign((void **)&rb.buf[1], MIN_ALIGN, PS_FLASH_VERIFY_CHUNK) != 0) {
+	    (slots == 0 &&
+	     (posix_memalign((void **)&rb.buf[0], MIN_ALIGN, PS_FLASH_VERIFY_CHUNK) != 0 ||
+	      posix_memalign((void **)&rb.buf[1], MIN_ALIGN, PS_FLASH_VERIFY_CHUNK) != 0))) {
 		rc = target_fail(t, PS_ENOMEM, "out of memory for the read-back");
 		goto out;
 	}
+	n_helpers = rb.nbuf / 2;
 	/* Whatever went through the page cache is on the disk now: drop it so that the
 	 * buffered reads (unaligned pieces, targets without O_DIRECT) come from the disk. */
 	posix_fadvise(t->fd, 0, 0, POSIX_FADV_DONTNEED);
 	t->phase_start = now();
 	report(t, PS_FLASH_VERIFYING, 0, total, true);
-	if (pthread_create(&thread, NULL, readahead_main, &rb) != 0) {
-		rc = target_fail(t, PS_ENOMEM, "cannot start the read-back thread");
-		goto out;
+	for (i = 0; i < n_helpers; i++) {
+		helpers[i].rb = &rb;
+		helpers[i].id = i;
+		if (pthread_create(&helpers[i].thread, NULL, readahead_main, &helpers[i]) != 0) {
+			rc = target_fail(t, PS_ENOMEM, "cannot start the read-back thread");
+			goto out;
+		}
+		helpers[i].started = true;
 	}
-	started = true;
 	for (;;) {
 		struct piece p;
 		const struct unit *unit;
@@ -1199,12 +1570,12 @@ static int verify_target(struct target *t)
 		unsigned int sha_len = 0;
 
 		pthread_mutex_lock(&rb.lock);
-		while (!rb.p[k].full && !rb.done)
+		while (!rb.p[k].full && rb.done < n_helpers)
 			pthread_cond_wait(&rb.cond, &rb.lock);
 		p = rb.p[k];
 		pthread_mutex_unlock(&rb.lock);
 		if (!p.full)
-			break; /* the helper is done and nothing is left */
+			break; /* the helpers are done and nothing is left */
 		unit = &j->units[p.unit];
 		if (cancelled(j)) {
 			rc = target_fail(t, PS_EIO, "cancelled while verifying");
@@ -1235,25 +1606,58 @@ static int verify_target(struct target *t)
 		rb.p[k].full = false;
 		pthread_cond_broadcast(&rb.cond);
 		pthread_mutex_unlock(&rb.lock);
-		k ^= 1;
+		k = (k + 1) % rb.nbuf;
 	}
 out:
-	if (started) {
-		pthread_mutex_lock(&rb.lock);
-		rb.stop = true;
-		pthread_cond_broadcast(&rb.cond);
-		pthread_mutex_unlock(&rb.lock);
-		pthread_join(thread, NULL);
-	}
+	pthread_mutex_lock(&rb.lock);
+	rb.stop = true;
+	pthread_cond_broadcast(&rb.cond);
+	pthread_mutex_unlock(&rb.lock);
+	for (i = 0; i < RB_MAX / 2; i++)
+		if (helpers[i].started)
+			pthread_join(helpers[i].thread, NULL);
 	t->res->verify_seconds = now() - t->phase_start;
 	if (rc == 0)
 		t->res->verified = true;
-	free(rb.buf[0]);
-	free(rb.buf[1]);
+	if (slots == 0) {
+		free(rb.buf[0]);
+		free(rb.buf[1]);
+	}
 	EVP_MD_CTX_free(md);
 	pthread_cond_destroy(&rb.cond);
 	pthread_mutex_destroy(&rb.lock);
 	return rc;
+}
+
+/* Whether a chunk of the ring is still held: with every writer done (n_live is 0) and the
+ * checker too (units_final), only by the hasher of a compressed image, which has at most the
+ * ring's last chunks left to hash. */
+static bool ring_held(const struct job *j)
+{
+	int i;
+
+	for (i = 0; i < PS_FLASH_RING; i++)
+		if (j->ring[i].refs > 0)
+			return true;
+	return false;
+}
+
+/* Ring slots for a read-back (a mask), under the job lock, once the ring is free for good: two
+ * slots each for the PS_FLASH_MAX_VERIFYING read-backs. 0 when it is still held. */
+static unsigned take_ring_slots(struct job *j)
+{
+	unsigned mask = 0;
+	int i, n = 0;
+
+	if (ring_held(j))
+		return 0;
+	for (i = 0; i < PS_FLASH_RING && n < RB_MAX / 2; i++)
+		if (!(j->verify_slots & (1u << i))) {
+			mask |= 1u << i;
+			n++;
+		}
+	j->verify_slots |= mask;
+	return mask;
 }
 
 /* Copy the image's failure into a target that has none of its own. */
@@ -1281,6 +1685,7 @@ static void *writer_main(void *arg)
 	double start;
 	bool skip, go;
 	int rc = 0;
+	unsigned slots = 0;
 
 	start = t->phase_start = now();
 	report(t, PS_FLASH_WRITING, 0, total, true);
@@ -1322,21 +1727,28 @@ static void *writer_main(void *arg)
 	if (!j->req->verify)
 		goto out;
 
-	/* Read back once every digest is known, a few targets at a time (memory). */
+	/* Read back once every digest is known, every target is done writing (they share the ring,
+	 * so they finish together) and the ring is free (its buffers serve the read-backs), a few
+	 * targets at a time. */
 	pthread_mutex_lock(&j->lock);
-	while ((!j->units_final || j->verifying >= PS_FLASH_MAX_VERIFYING) && j->fatal == 0)
+	while ((!j->units_final || j->n_live > 0 || ring_held(j) ||
+		j->verifying >= PS_FLASH_MAX_VERIFYING) &&
+	       j->fatal == 0)
 		pthread_cond_wait(&j->cond, &j->lock);
 	go = j->fatal == 0;
-	if (go)
+	if (go) {
 		j->verifying++;
+		slots = take_ring_slots(j);
+	}
 	pthread_mutex_unlock(&j->lock);
 	if (!go) {
 		take_fatal(t);
 		goto out;
 	}
-	rc = verify_target(t);
+	rc = verify_target(t, slots);
 	pthread_mutex_lock(&j->lock);
 	j->verifying--;
+	j->verify_slots &= ~slots;
 	pthread_cond_broadcast(&j->cond);
 	pthread_mutex_unlock(&j->lock);
 out:
@@ -1473,6 +1885,7 @@ static int check_request(const struct ps_flash_request *req, struct ps_err *err)
 static int prepare(struct job *j, struct ps_err *err)
 {
 	const struct ps_flash_request *req = j->req;
+	struct stat st;
 	size_t i;
 	int rc;
 
@@ -1493,6 +1906,14 @@ static int prepare(struct job *j, struct ps_err *err)
 	if (rc < 0)
 		return rc;
 	j->hash_from_file = j->src.format == PS_FLASH_RAW;
+	if (fstat(j->src.fd, &st) == 0 && S_ISREG(st.st_mode)) {
+		key_of(&st, &j->key);
+		station_time(&j->looked_at);
+		j->key_ok = true;
+		j->cache_on = cache_path(req, j->cache_file, sizeof(j->cache_file));
+		j->cache_hit =
+		    j->cache_on && cache_lookup(j->cache_file, &j->key, j->src.format, &j->cached);
+	}
 	if (j->have_bmap && j->src.size_known && j->src.size != j->bmap.image_size)
 		return ps_fail(err, PS_EINVAL,
 			       "image %s holds %llu bytes, its bmap %s describes %llu: wrong "
@@ -1533,12 +1954,67 @@ static int prepare(struct job *j, struct ps_err *err)
 	return 0;
 }
 
+/* After the job: the image must not have changed while it was read (the targets would hold
+ * a mix); the whole-image SHA-256 comes from the cache, or goes into it. */
+static void finish_hash(struct job *j)
+{
+	struct ps_err e = {""};
+	struct image_key now_key;
+	struct stat st;
+
+	if (j->fatal != 0 || !j->read_complete)
+		return;
+	if (j->key_ok) {
+		if (fstat(j->src.fd, &st) != 0) {
+			ps_fail(&e, PS_EIO, "image %s: %s", j->src.path, strerror(errno));
+			job_fail(j, PS_EIO, &e);
+			return;
+		}
+		key_of(&st, &now_key);
+		if (!key_equal(&now_key, &j->key)) {
+			ps_fail(&e, PS_EINVAL,
+				"image %s was modified while it was being flashed: the targets may "
+				"hold a mix of two versions; flash them again",
+				j->src.path);
+			job_fail(j, PS_EINVAL, &e);
+			return;
+		}
+	}
+	if (j->cache_hit && j->cached.stream_size != j->stream_size) {
+		/* Only a damaged or forged entry can say so: drop it, and the audit row gets no
+		 * SHA-256 it cannot trust. */
+		ps_fail(&e, PS_EINVAL,
+			"image %s holds %llu bytes, the entry of its hash cache %s says %llu: the "
+			"entry is dropped; flash again",
+			j->src.path, (unsigned long long)j->stream_size, j->cache_file,
+			(unsigned long long)j->cached.stream_size);
+		cache_update(j->cache_file, NULL, &j->key);
+		job_fail(j, PS_EINVAL, &e);
+		return;
+	}
+	if (j->cache_hit) {
+		memcpy(j->image_sha256, j->cached.sha256, sizeof(j->image_sha256));
+		j->sha_from_cache = true;
+		j->hashed = true;
+	} else if (j->hashed && j->cache_on && key_settled(&j->key, &j->looked_at)) {
+		struct cache_entry add;
+
+		memset(&add, 0, sizeof(add));
+		add.key = j->key;
+		add.format = j->src.format;
+		add.stream_size = j->stream_size;
+		memcpy(add.sha256, j->image_sha256, sizeof(add.sha256));
+		cache_update(j->cache_file, &add, &j->key);
+	}
+}
+
 static void fill_image_info(const struct job *j, struct ps_flash_result *res)
 {
 	snprintf(res->image_name, sizeof(res->image_name), "%s", base_name(j->req->image));
 	res->format = j->src.format;
 	if (j->hashed) {
 		memcpy(res->image_sha256, j->image_sha256, sizeof(res->image_sha256));
+		res->image_sha256_cached = j->sha_from_cache;
 		res->image_size = j->stream_size;
 	} else if (j->have_bmap) {
 		res->image_size = j->bmap.image_size;
@@ -1618,11 +2094,13 @@ int ps_flash(const struct ps_flash_request *req, struct ps_flash_result *results
 	if (j->n_live == 0)
 		goto results;
 
-	if (pthread_create(&j->hasher, NULL, hasher_main, j) != 0) {
-		rc = ps_fail(err, PS_ENOMEM, "cannot start a thread");
-		goto stop;
+	if (!j->cache_hit) {
+		if (pthread_create(&j->hasher, NULL, hasher_main, j) != 0) {
+			rc = ps_fail(err, PS_ENOMEM, "cannot start a thread");
+			goto stop;
+		}
+		j->hasher_started = true;
 	}
-	j->hasher_started = true;
 	if (j->need_checker) {
 		if (pthread_create(&j->checker, NULL, checker_main, j) != 0) {
 			rc = ps_fail(err, PS_ENOMEM, "cannot start a thread");
@@ -1661,6 +2139,7 @@ join:
 	for (i = 0; i < req->n_targets; i++)
 		if (j->targets[i].started)
 			pthread_join(j->targets[i].thread, NULL);
+	finish_hash(j);
 results:
 	for (i = 0; i < req->n_targets; i++) {
 		struct target *t = &j->targets[i];

@@ -16,9 +16,10 @@
 
 #define PS_FLASH_MAX_TARGETS 32
 
-/* Memory: a ring of PS_FLASH_RING chunks of PS_FLASH_CHUNK bytes shared by all targets, and
- * two read-back buffers of PS_FLASH_VERIFY_CHUNK per target verifying (at most
- * PS_FLASH_MAX_VERIFYING at a time), whatever the image size. */
+/* Memory: a ring of PS_FLASH_RING chunks of PS_FLASH_CHUNK bytes shared by all targets,
+ * whatever the image size. The read-backs (at most PS_FLASH_MAX_VERIFYING at a time) start once
+ * every target is done writing and the ring is free, and read into its chunks: four buffers of
+ * PS_FLASH_VERIFY_CHUNK each, two reads in flight. */
 #define PS_FLASH_CHUNK	       (4u << 20)
 #define PS_FLASH_RING	       8
 #define PS_FLASH_VERIFY_CHUNK  (2u << 20)
@@ -64,6 +65,15 @@ struct ps_flash_request {
 	ps_flash_progress_fn progress; /* optional */
 	void *progress_user;
 	atomic_bool *cancel; /* optional: set it (e.g. from a signal handler) to stop soon */
+	/* The whole-image SHA-256 of a regular image file is cached, keyed by the file's identity
+	 * (device, inode, size, mtime and ctime to the nanosecond), so that flashing the same image
+	 * again does not hash it again; any change to the file changes its ctime and makes it
+	 * hashed anew. The cache is a small text file owned by the user and writable by nobody
+	 * else (otherwise it is ignored). hash_cache names it; NULL means
+	 * $XDG_CACHE_HOME/provstation/image-sha256, else ~/.cache/provstation/image-sha256, else
+	 * no cache (the station passes a file in its state directory). */
+	const char *hash_cache;
+	bool no_hash_cache; /* neither read nor write the cache: hash the image every time */
 };
 
 struct ps_flash_result {
@@ -80,6 +90,8 @@ struct ps_flash_result {
 				  (mapped or not); "" when the image was not read to its end */
 	uint64_t image_size;   /* bytes of the decompressed image; 0 when not known */
 	enum ps_flash_format format;
+	bool image_sha256_cached; /* image_sha256 came from the hash cache (the image was still
+				     read to its end, and matched the cached size) */
 };
 
 /* Flash req->image onto every target; results has req->n_targets entries, filled in order.

@@ -6,9 +6,18 @@
 # the bmap, and an unmapped block keeps what was there) and provisioning then passes. A corrupt
 # stream, a truncated image, a damaged bmap, an image that does not match its bmap and an image
 # larger than its target each fail with one line on stderr. Fan-out to three files, one on an
-# 8 MiB tmpfs: two finish and verify, the third fails with ENOSPC.
+# 8 MiB tmpfs: two finish and verify, the third fails with ENOSPC. The cache of whole-image
+# SHA-256s: used while the image file is unchanged, refreshed when it is touched or rewritten in
+# place with the same size (even with its old mtime put back), and ignored when it cannot be
+# believed (group- or world-writable, another owner, a symbolic link, a foreign header, lines
+# that do not parse, an entry whose size disagrees with the image); an image changed too
+# recently for its times to tell a later change is hashed but not recorded. (The short sleeps
+# put a changed image's ctime past that 50 ms granularity margin.)
 . "$SRCDIR/tests/lib.sh"
 need sfdisk mkfs.ext4 debugfs cmp gzip xz zstd bmaptool python3 sha256sum
+# The hash cache lives in the test's directory, not in the user's ~/.cache.
+XDG_CACHE_HOME=$TMP/cache
+export XDG_CACHE_HOME
 
 cat >"$TMP/station.conf" <<CONF
 [station]
@@ -127,6 +136,99 @@ check "the file target has the image's size"
 "$PROVSTATION" flash --image "$TMP/m.img" --bmap "$TMP/m.bmap" --target "$TMP/t.img" \
 	--no-verify >"$TMP/out" 2>&1 && grep -q "OK; $mapped bytes written, .*verified no" "$TMP/out"
 check "--no-verify writes the $mapped mapped bytes and does not read back"
+
+# ---- the image hash cache
+cache=$TMP/cache/provstation/image-sha256
+cp --sparse=always "$TMP/m.img" "$TMP/c.img"
+rm -f "$cache"
+settle() { sleep 0.1; }
+fake=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
+flash_c() { # flash_c IMAGE: flash it without verify; prints the SHA-256 it reports
+	"$PROVSTATION" flash --image "$1" --bmap "$TMP/m.bmap" --target "$TMP/ct.img" \
+		--no-verify >"$TMP/out" 2>"$TMP/err" || { cat "$TMP/err" >&2; return 1; }
+	sed -n 's/^image .*, sha256 \([0-9a-f]*\)$/\1/p' "$TMP/out"
+}
+key_of() { stat -c '%d %i %s' "$1"; } # the start of the image's cache line
+entry_of() { grep "^$(key_of "$1") " "$cache"; }
+forge() { # forge IMAGE SHA [SIZE]: replace the image's entry's SHA-256 (and stream size)
+	awk -v k="$(key_of "$1") " -v sha="$2" -v sz="${3:-}" \
+		'index($0, k) == 1 { $8 = sha; if (sz != "") $7 = sz } { print }' \
+		"$cache" >"$cache.new" && cat "$cache.new" >"$cache" && rm -f "$cache.new"
+}
+c_sha=$(sha256sum "$TMP/c.img" | cut -c1-64)
+# Pinned to a second before the copy's ctime: too recent to be recorded.
+PROVSTATION_NOW=$(($(stat -c %Z "$TMP/c.img") - 1)) flash_c "$TMP/c.img" >"$TMP/sha"
+[ "$(cat "$TMP/sha")" = "$c_sha" ] && [ ! -e "$cache" ]
+check "an image changed just before the flash is hashed, and not recorded in the cache"
+settle
+[ "$(flash_c "$TMP/c.img")" = "$c_sha" ] && [ -f "$cache" ] &&
+	[ "$(stat -c %a "$cache")" = 600 ] && [ "$(head -1 "$cache")" = "provstation image-sha256 cache 1" ] &&
+	entry_of "$TMP/c.img" | grep -Eq "^[0-9]+ [0-9]+ $size [0-9]+\.[0-9]{9} [0-9]+\.[0-9]{9} raw $size $c_sha$"
+check "a first flash hashes the image and records it in a 0600 cache file, keyed by its identity"
+forge "$TMP/c.img" "$fake"
+[ "$(flash_c "$TMP/c.img")" = "$fake" ]
+check "the next flash of the unchanged file takes the SHA-256 from the cache (a planted one shows)"
+touch "$TMP/c.img"
+settle
+[ "$(flash_c "$TMP/c.img")" = "$c_sha" ] && [ "$(grep -c "^$(key_of "$TMP/c.img" | cut -d' ' -f1-2) " "$cache")" -eq 1 ] &&
+	entry_of "$TMP/c.img" | grep -q " $c_sha$"
+check "touched (new mtime and ctime): hashed again, its one entry replaced"
+# Rewritten in place with the same size and its old mtime put back: only the ctime tells.
+mtime=$(stat -c %y "$TMP/c.img")
+printf 'rewritten' | dd of="$TMP/c.img" bs=1 seek="$hole" conv=notrunc status=none
+touch -m -d "$mtime" "$TMP/c.img"
+settle
+new_sha=$(sha256sum "$TMP/c.img" | cut -c1-64)
+[ -n "$hole" ] && [ "$(stat -c %y "$TMP/c.img")" = "$mtime" ] && [ "$new_sha" != "$c_sha" ] &&
+	[ "$(flash_c "$TMP/c.img")" = "$new_sha" ] && entry_of "$TMP/c.img" | grep -q " $new_sha$"
+check "rewritten in place with the same size and mtime: hashed again, the audit hash is the new one"
+
+untrusted() { # untrusted DESC SETUP...: a planted entry in a cache that must not be believed
+	desc=$1
+	shift
+	forge "$TMP/c.img" "$fake"
+	"$@"
+	got=$(flash_c "$TMP/c.img")
+	[ "$got" = "$new_sha" ]
+	check "$desc: ignored, the image is hashed"
+	[ "$got" = "$new_sha" ] || echo "#   reported $got"
+}
+untrusted "a group-writable cache file" chmod 620 "$cache"
+[ "$(stat -c %a "$cache")" = 600 ] && entry_of "$TMP/c.img" | grep -q " $new_sha$"
+check "the untrusted cache file is replaced by a 0600 one with the right hash"
+untrusted "a world-writable cache file" chmod 602 "$cache"
+if [ "$(id -u)" -eq 0 ] && id nobody >/dev/null 2>&1; then
+	untrusted "a cache file owned by another user" chown nobody "$cache"
+else
+	echo "ok $((tap_n = tap_n + 1)) - # SKIP a cache file owned by another user: needs root"
+fi
+plant_link() { mv "$cache" "$TMP/planted" && ln -s "$TMP/planted" "$cache"; }
+untrusted "a cache file that is a symbolic link" plant_link
+rm -f "$TMP/planted"
+untrusted "a cache file with a foreign header" sed -i '1s/.*/provstation image-sha256 cache 2/' "$cache"
+bad_line() { # bad_line SED: every entry line damaged by the sed expression
+	sed -i "2,\$ $1" "$cache"
+}
+untrusted "a cache line with a short SHA-256" bad_line 's/.$//'
+untrusted "a cache line with an extra field" bad_line 's/$/ extra/'
+untrusted "a cache line with upper-case hex" bad_line "s/$fake\$/$(echo $fake | tr a-f A-F)/"
+untrusted "a cache line with nanoseconds of 8 digits" bad_line 's/\.\([0-9]\{8\}\)[0-9] /.\1 /'
+untrusted "a cache line with two spaces" bad_line 's/ raw / raw  /'
+untrusted "a cache line with a NUL byte after it" bad_line 's/$/\x00/'
+untrusted "a cache line of another format" bad_line 's/ raw / zstd /'
+# A compressed image whose entry's stream size is wrong: the flash fails, the entry goes.
+cp "$TMP/m.img.zst" "$TMP/c.img.zst"
+settle
+flash_c "$TMP/c.img.zst" >/dev/null && forge "$TMP/c.img.zst" "$fake" 12345 &&
+	! flash_c "$TMP/c.img.zst" >/dev/null 2>&1 &&
+	grep -q "the entry of its hash cache .* says 12345: the entry is dropped" "$TMP/err" &&
+	! entry_of "$TMP/c.img.zst" >/dev/null && [ "$(flash_c "$TMP/c.img.zst")" = "$img_sha" ]
+check "an entry whose size disagrees with the decompressed image fails the flash and is dropped"
+"$PROVSTATION" flash --image "$TMP/c.img.zst" --bmap "$TMP/m.bmap" --target "$TMP/ct.img" \
+	>"$TMP/out" 2>&1 && grep -q "sha256 $img_sha" "$TMP/out" &&
+	grep -q "OK; $mapped bytes written, .*verified yes" "$TMP/out"
+check "a cached compressed image flashes and verifies with the right SHA-256"
+rm -f "$TMP/c.img" "$TMP/c.img.zst" "$TMP/ct.img"
 
 # ---- errors
 cp "$TMP/m.img.xz" "$TMP/bad.xz"

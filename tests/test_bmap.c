@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *srcdir(void)
@@ -141,9 +142,19 @@ static void on_progress(const char *target, const struct ps_flash_progress *p, v
 	pthread_mutex_unlock(&s->lock);
 }
 
+/* Let a file just written age past the hash cache's granularity margin (50 ms), so that its
+ * SHA-256 may be recorded. */
+static void settle(void)
+{
+	struct timespec ts = {0, 100000000};
+
+	nanosleep(&ts, NULL);
+}
+
 static void flash_api(void)
 {
 	char dir[] = "/tmp/ps-test-bmap-XXXXXX", img[256], bmap[512], t1[256], t2[256];
+	char cache_dir[256], cache[300];
 	const char *targets[3];
 	struct ps_flash_result res[3];
 	struct ps_flash_request req = {0};
@@ -160,7 +171,10 @@ static void flash_api(void)
 	snprintf(bmap, sizeof(bmap), "%s/tests/data/flash/small-2.0.bmap", srcdir());
 	snprintf(t1, sizeof(t1), "%s/t1.img", dir);
 	snprintf(t2, sizeof(t2), "%s/t2.img", dir);
+	snprintf(cache_dir, sizeof(cache_dir), "%s/cache", dir);
+	snprintf(cache, sizeof(cache), "%s/image-sha256", cache_dir);
 	ok(make_small_image(img) == 0, "the fixture's image is built");
+	settle();
 	targets[0] = t1;
 	targets[1] = t2;
 	targets[2] = dir; /* a directory: dropped with its reason */
@@ -171,6 +185,7 @@ static void flash_api(void)
 	req.verify = true;
 	req.progress = on_progress;
 	req.progress_user = &seen;
+	req.hash_cache = cache; /* not the user's ~/.cache */
 	rc = ps_flash(&req, res, &err);
 	is_int(rc, PS_EINVAL, "one bad target of three: ps_flash fails");
 	contains(err.msg, "1 of 3 targets failed", "the error counts the failed targets");
@@ -182,6 +197,9 @@ static void flash_api(void)
 	is_str(res[0].image_sha256,
 	       "3f90e126a2d05649b4eb74cdf541d633aa0b78f680b1c06966ffe46ddb9b2f3f",
 	       "the result carries the SHA-256 of the whole image");
+	ok(!res[0].image_sha256_cached, "the first flash hashed the image");
+	ok(stat(cache, &st) == 0 && (st.st_mode & 0777) == 0600,
+	   "and recorded its SHA-256 in a 0600 cache file");
 	is_str(res[1].image_name, "small.img", "and the image's file name");
 	is_int(res[0].image_size, 1049576, "and its size");
 	ok(stat(t1, &st) == 0 && st.st_size == 1049576, "the file target has the image's size");
@@ -215,6 +233,45 @@ static void flash_api(void)
 	       "verification failed: bytes 40960-53247 read back differ from the image",
 	       "the message gives the first bad range");
 	req.progress = NULL;
+	ok(res[0].image_sha256_cached, "the same image again: its SHA-256 came from the cache");
+	is_str(res[0].image_sha256,
+	       "3f90e126a2d05649b4eb74cdf541d633aa0b78f680b1c06966ffe46ddb9b2f3f",
+	       "the cached SHA-256 is the image's");
+
+	/* Rewritten in place, same size, its mtime put back: the ctime alone tells. */
+	{
+		char *data = NULL, want[65];
+		size_t len = 0;
+		struct timespec times[2];
+		int fd;
+
+		ok(stat(img, &st) == 0, "the image's times");
+		times[0] = st.st_atim;
+		times[1] = st.st_mtim;
+		fd = open(img, O_WRONLY);
+		ok(fd >= 0 && pwrite(fd, "changed", 7, 500000) == 7 && futimens(fd, times) == 0,
+		   "one unmapped byte of the image is rewritten, its mtime kept");
+		if (fd >= 0)
+			close(fd);
+		settle();
+		ok(ps_read_file(img, 2u << 20, &data, &len, &err) == 0 &&
+		       ps_sha256_hex(data, len, want, &err) == 0,
+		   "the new SHA-256 of the image");
+		free(data);
+		req.n_targets = 1;
+		rc = ps_flash(&req, res, &err);
+		is_int(rc, 0, "the rewritten image flashes");
+		ok(!res[0].image_sha256_cached, "it was hashed again, not taken from the cache");
+		is_str(res[0].image_sha256, want, "the result carries its new SHA-256");
+		rc = ps_flash(&req, res, &err);
+		ok(rc == 0 && res[0].image_sha256_cached && strcmp(res[0].image_sha256, want) == 0,
+		   "the next flash takes the new SHA-256 from the cache");
+		req.no_hash_cache = true;
+		rc = ps_flash(&req, res, &err);
+		ok(rc == 0 && !res[0].image_sha256_cached && strcmp(res[0].image_sha256, want) == 0,
+		   "no_hash_cache: hashed every time");
+		req.no_hash_cache = false;
+	}
 
 	/* Cancelled (the flag set before the start): every target says so. */
 	{
@@ -233,6 +290,8 @@ static void flash_api(void)
 	unlink(t1);
 	unlink(t2);
 	unlink(img);
+	unlink(cache);
+	rmdir(cache_dir);
 	rmdir(dir);
 }
 
