@@ -237,7 +237,8 @@ int cmd_flash(int argc, char **argv)
 	if (results[0].image_size > 0)
 		printf(", %llu bytes", (unsigned long long)results[0].image_size);
 	if (results[0].image_sha256[0] != '\0')
-		printf(", sha256 %s", results[0].image_sha256);
+		printf(", sha256 %s%s", results[0].image_sha256,
+		       results[0].image_sha256_cached ? " (from the hash cache)" : "");
 	printf("\n");
 	for (i = 0; i < n; i++) {
 		const struct ps_flash_result *r = &results[i];

@@ -157,8 +157,9 @@ static void print_flashed(const struct ps_flash_result *f)
 {
 	double rate = f->write_seconds > 0 ? (double)f->bytes_written / f->write_seconds : 0;
 
-	printf("  image        %s (%s, %llu bytes, sha256 %s)\n", f->image_name,
-	       ps_flash_format_name(f->format), (unsigned long long)f->image_size, f->image_sha256);
+	printf("  image        %s (%s, %llu bytes, sha256 %s%s)\n", f->image_name,
+	       ps_flash_format_name(f->format), (unsigned long long)f->image_size, f->image_sha256,
+	       f->image_sha256_cached ? ", from the hash cache" : "");
 	printf("  flashed      %llu bytes, %.1f MB/s; verified %s",
 	       (unsigned long long)f->bytes_written, rate / 1e6, f->verified ? "yes" : "no");
 	if (f->verified && f->verify_seconds > 0)

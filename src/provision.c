@@ -7,6 +7,7 @@
 #include "preauth.h"
 #include "util.h"
 
+#include <limits.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -375,8 +376,14 @@ static int flash_stage(const struct ps_provision_request *req, struct ps_provisi
 	    .cancel = req->cancel,
 	};
 	struct ps_err ferr = {""};
+	char cache[PATH_MAX];
 	int rc;
 
+	/* The image hash cache lives beside the audit database, in the station's state
+	 * directory, whoever runs the job (a service has no home directory). */
+	if (req->cfg->database[0] != '\0' &&
+	    ps_sibling_path(req->cfg->database, PS_IMAGE_HASH_CACHE, cache, sizeof(cache)) == 0)
+		freq.hash_cache = cache;
 	res->flashed = true;
 	rc = ps_flash(&freq, &res->flash, &ferr);
 	if (rc < 0)

@@ -24,6 +24,8 @@
 #define PS_CONF_NAME	    "mender.conf"
 #define PS_SERVER_CERT_NAME "server.crt"
 #define PS_MAIN_CONF	    "/etc/mender/mender.conf"
+/* The flashing image hash cache (see ps_flash_request), beside the audit database. */
+#define PS_IMAGE_HASH_CACHE "image-sha256.cache"
 
 /* Pipeline stages, reported to an optional observer. */
 enum ps_stage {

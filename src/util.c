@@ -81,6 +81,15 @@ out:
 	return rc;
 }
 
+int ps_sibling_path(const char *path, const char *name, char *out, size_t len)
+{
+	const char *slash = strrchr(path, '/');
+	int dir_len = slash == NULL ? 0 : (int)(slash - path) + 1;
+	int n = snprintf(out, len, "%.*s%s", dir_len, path, name);
+
+	return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
 static int fsync_parent_dir(const char *path)
 {
 	char dir[PATH_MAX];

@@ -146,7 +146,7 @@ fake=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
 flash_c() { # flash_c IMAGE: flash it without verify; prints the SHA-256 it reports
 	"$PROVSTATION" flash --image "$1" --bmap "$TMP/m.bmap" --target "$TMP/ct.img" \
 		--no-verify >"$TMP/out" 2>"$TMP/err" || { cat "$TMP/err" >&2; return 1; }
-	sed -n 's/^image .*, sha256 \([0-9a-f]*\)$/\1/p' "$TMP/out"
+	sed -n 's/^image .*, sha256 \([0-9a-f]*\)\( (from the hash cache)\)\{0,1\}$/\1/p' "$TMP/out"
 }
 key_of() { stat -c '%d %i %s' "$1"; } # the start of the image's cache line
 entry_of() { grep "^$(key_of "$1") " "$cache"; }

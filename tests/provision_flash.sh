@@ -84,7 +84,8 @@ flashed_ok() {
 		--serial "$serial" "$@" >"$TMP/out" 2>"$TMP/err"; then
 		why="provision --flash failed: $(tail -1 "$TMP/err")"
 	fi
-	[ -z "$why" ] && ! grep -q "^  image        ${image##*/} (.*, $size bytes, sha256 $img_sha)" \
+	[ -z "$why" ] && ! grep -q -E \
+		"^  image        ${image##*/} \(.*, $size bytes, sha256 $img_sha(, from the hash cache)?\)" \
 		"$TMP/out" && why="no image line"
 	[ -z "$why" ] && ! same_as_image "$target" "$@" &&
 		why="the target differs from the image before the data partition"
@@ -138,6 +139,10 @@ for ext in "" .gz .xz .zst; do
 		"$TMP/g.img$ext" --bmap "$TMP/g.bmap"
 	flashed_ok "$name image without bmap onto a new file" "$TMP/t-$name.img" "$TMP/g.img$ext"
 done
+[ -f "$TMP/image-sha256.cache" ] && [ "$(stat -c '%a %u' "$TMP/image-sha256.cache")" = "600 $(id -u)" ]
+check "the image hash cache is kept beside the audit database, mode 0600"
+grep -q "sha256 $img_sha, from the hash cache)" "$TMP/out"
+check "an image flashed before: its SHA-256 comes from the hash cache"
 head -c $((size + 1048576)) /dev/zero | tr '\0' '\252' >"$TMP/used.img"
 flashed_ok "a file holding other data is replaced by the image, then personalized" \
 	"$TMP/used.img" "$TMP/g.img.xz" --bmap "$TMP/g.bmap"

@@ -71,5 +71,14 @@ int main(void)
 	ok(stat(path, &st) == 0 && (st.st_mode & 07777) == 0644, "new mode");
 	unlink(path);
 	rmdir(dir);
+
+	ok(ps_sibling_path("/var/lib/provstation/audit.db", "x.cache", out, sizeof(out)) == 0,
+	   "sibling path");
+	is_str(out, "/var/lib/provstation/x.cache", "in the same directory");
+	ok(ps_sibling_path("audit.db", "x.cache", out, sizeof(out)) == 0, "sibling of a bare name");
+	is_str(out, "x.cache", "in the current directory");
+	ok(ps_sibling_path("/audit.db", "x", out, sizeof(out)) == 0, "sibling at the root");
+	is_str(out, "/x", "in /");
+	ok(ps_sibling_path("/a/b.db", "xxxxxxxx", out, 8) == -1, "too long for the buffer: -1");
 	return tap_done();
 }
