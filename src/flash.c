@@ -749,6 +749,109 @@ out:
 	free(out);
 }
 
+int ps_flash_hash_image(const char *image, const char *hash_cache, atomic_bool *cancel,
+			char sha256[65], bool *from_cache, struct ps_err *err)
+{
+	const struct ps_flash_request req = {.hash_cache = hash_cache};
+	struct source src;
+	struct image_key key, key_after;
+	struct cache_entry entry;
+	struct timespec looked_at;
+	struct stat st;
+	EVP_MD_CTX *md = NULL;
+	unsigned char *buf = NULL, digest[32];
+	unsigned int digest_len = 0;
+	char cache[PATH_MAX];
+	bool have_cache;
+	uint64_t total = 0;
+	int rc;
+
+	sha256[0] = '\0';
+	if (from_cache != NULL)
+		*from_cache = false;
+	station_time(&looked_at);
+	rc = source_open(&src, image, err);
+	if (rc < 0)
+		goto out;
+	if (fstat(src.fd, &st) != 0) {
+		rc = ps_fail(err, PS_EIO, "image %s: %s", image, strerror(errno));
+		goto out;
+	}
+	key_of(&st, &key);
+	have_cache = S_ISREG(st.st_mode) && cache_path(&req, cache, sizeof(cache));
+	if (have_cache && cache_lookup(cache, &key, src.format, &entry)) {
+		memcpy(sha256, entry.sha256, 65);
+		if (from_cache != NULL)
+			*from_cache = true;
+		goto out;
+	}
+	md = EVP_MD_CTX_new();
+	buf = malloc(PS_FLASH_CHUNK);
+	if (md == NULL || buf == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+		rc = ps_fail(err, PS_ENOMEM, "out of memory hashing %s", image);
+		goto out;
+	}
+	for (;;) {
+		size_t got = 0;
+		ssize_t n;
+
+		if (cancel != NULL && atomic_load(cancel)) {
+			rc = ps_fail(err, PS_EIO, "hashing %s: stopped", image);
+			goto out;
+		}
+		if (src.format == PS_FLASH_RAW) {
+			n = pread_full(src.fd, buf, PS_FLASH_CHUNK, total);
+			if (n < 0) {
+				rc = ps_fail(err, PS_EIO, "image %s: %s", image, strerror(errno));
+				goto out;
+			}
+			got = (size_t)n;
+		} else {
+			rc = source_read(&src, buf, PS_FLASH_CHUNK, &got, err);
+			if (rc < 0)
+				goto out;
+		}
+		if (got == 0)
+			break;
+		EVP_DigestUpdate(md, buf, got);
+		total += got;
+	}
+	if (src.format != PS_FLASH_RAW && !src.ended) {
+		rc = truncated(&src, consumed(&src), err);
+		goto out;
+	}
+	if (EVP_DigestFinal_ex(md, digest, &digest_len) != 1 || digest_len != sizeof(digest)) {
+		rc = ps_fail(err, PS_EIO, "hashing %s failed", image);
+		goto out;
+	}
+	if (fstat(src.fd, &st) != 0) {
+		rc = ps_fail(err, PS_EIO, "image %s: %s", image, strerror(errno));
+		goto out;
+	}
+	key_of(&st, &key_after);
+	if (!key_equal(&key, &key_after)) {
+		rc = ps_fail(err, PS_EINVAL, "image %s was modified while it was being hashed",
+			     image);
+		goto out;
+	}
+	ps_hex(digest, sizeof(digest), sha256);
+	if (have_cache && key_settled(&key, &looked_at)) {
+		memset(&entry, 0, sizeof(entry));
+		entry.key = key;
+		entry.format = src.format;
+		entry.stream_size = total;
+		memcpy(entry.sha256, sha256, sizeof(entry.sha256));
+		cache_update(cache, &entry, &key);
+	}
+out:
+	if (rc < 0)
+		sha256[0] = '\0';
+	EVP_MD_CTX_free(md);
+	free(buf);
+	source_close(&src);
+	return rc;
+}
+
 /* ------------------------------------------------------------------------ the job */
 
 enum slot_kind { SLOT_DATA, SLOT_GAP, SLOT_END };

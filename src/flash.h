@@ -104,6 +104,13 @@ struct ps_flash_result {
 int ps_flash(const struct ps_flash_request *req, struct ps_flash_result *results,
 	     struct ps_err *err);
 
+/* The SHA-256 of a golden image's decompressed stream, as ps_flash reports it, from the hash
+ * cache (hash_cache as in ps_flash_request; NULL: the default place) or computed and recorded
+ * there, so that the first flash of an image the station already knows needs no hash.
+ * *from_cache (may be NULL) says which. cancel (may be NULL) stops it soon (PS_EIO). */
+int ps_flash_hash_image(const char *image, const char *hash_cache, atomic_bool *cancel,
+			char sha256[65], bool *from_cache, struct ps_err *err);
+
 /* "raw", "gzip", "xz", "zstd" */
 const char *ps_flash_format_name(enum ps_flash_format format);
 

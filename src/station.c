@@ -77,6 +77,9 @@ struct ps_station {
 	long helpers_running;
 	bool closing;
 	struct ps_preauth_worker *preauth; /* NULL when [preauth] is off */
+	pthread_t prehash; /* hashes the golden images at start (see prehash_main) */
+	bool prehash_started;
+	atomic_bool prehash_stop;
 };
 
 const char *ps_slot_state_name(enum ps_slot_state state)
@@ -560,6 +563,50 @@ static void *run_job(void *arg)
 	if (rc == 0)
 		ps_preauth_worker_wake(st->preauth); /* NULL is fine */
 	free(job);
+	return NULL;
+}
+
+/* At start, the SHA-256 of every golden image the slots flash goes into the image hash cache
+ * (beside the audit database), so that even the first card of the day is flashed without
+ * hashing the whole image; each image is logged with its SHA-256 for the operator. */
+static void *prehash_main(void *arg)
+{
+	struct ps_station *st = arg;
+	const struct ps_config *cfg = st->cfg;
+	const char *images[PS_MAX_CONFIG_SLOTS + 1];
+	char cache[PATH_MAX], sha[65];
+	int n = 0, i, k;
+
+	if (ps_sibling_path(cfg->database, PS_IMAGE_HASH_CACHE, cache, sizeof(cache)) < 0)
+		return NULL;
+	if (cfg->slots_flash[0] != '\0')
+		images[n++] = cfg->slots_flash;
+	for (i = 0; i < cfg->n_slots; i++) {
+		const char *image = cfg->slots[i].flash;
+
+		for (k = 0; k < n && strcmp(images[k], image) != 0; k++)
+			;
+		if (image[0] != '\0' && k == n)
+			images[n++] = image;
+	}
+	for (i = 0; i < n && !atomic_load(&st->prehash_stop); i++) {
+		struct ps_err err = {""};
+		bool cached = false;
+		double t0 = monotonic();
+		int rc =
+		    ps_flash_hash_image(images[i], cache, &st->prehash_stop, sha, &cached, &err);
+
+		pthread_mutex_lock(&st->lock);
+		if (rc == 0 && cached)
+			log_locked(st, "golden image %s: sha256 %.16s... (known)",
+				   base_name(images[i]), sha);
+		else if (rc == 0)
+			log_locked(st, "golden image %s: sha256 %.16s... (hashed in %.1f s)",
+				   base_name(images[i]), sha, monotonic() - t0);
+		else if (!atomic_load(&st->prehash_stop))
+			log_locked(st, "golden image %s: %s", base_name(images[i]), err.msg);
+		pthread_mutex_unlock(&st->lock);
+	}
 	return NULL;
 }
 
@@ -1368,6 +1415,8 @@ int ps_station_open(const struct ps_config *cfg, struct ps_ca *ca, struct ps_sta
 			pthread_mutex_unlock(&st->lock);
 		}
 	}
+	if (pthread_create(&st->prehash, NULL, prehash_main, st) == 0)
+		st->prehash_started = true;
 	rc = pthread_create(&st->watcher, NULL, watch, st);
 	if (rc != 0) {
 		rc = ps_fail(err, PS_ENOMEM, "cannot start the watcher: %s", strerror(rc));
@@ -1393,6 +1442,9 @@ void ps_station_close(struct ps_station *st)
 	}
 	if (st->watcher_started)
 		pthread_join(st->watcher, NULL);
+	atomic_store(&st->prehash_stop, true);
+	if (st->prehash_started)
+		pthread_join(st->prehash, NULL);
 	pthread_mutex_lock(&st->lock);
 	while (st->jobs_running > 0)
 		pthread_cond_wait(&st->jobs_done, &st->lock);

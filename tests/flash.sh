@@ -15,9 +15,6 @@
 # put a changed image's ctime past that 50 ms granularity margin.)
 . "$SRCDIR/tests/lib.sh"
 need sfdisk mkfs.ext4 debugfs cmp gzip xz zstd bmaptool python3 sha256sum
-# The hash cache lives in the test's directory, not in the user's ~/.cache.
-XDG_CACHE_HOME=$TMP/cache
-export XDG_CACHE_HOME
 
 cat >"$TMP/station.conf" <<CONF
 [station]

@@ -8,6 +8,9 @@ set -u
 tap_n=0
 tap_failed=0
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/ps-test.XXXXXX")
+# provstation flash keeps its image hash cache in $XDG_CACHE_HOME: the test's, not the user's.
+XDG_CACHE_HOME=$TMP/cache
+export XDG_CACHE_HOME
 cleanup_hooks=""
 at_exit() { cleanup_hooks="$1; $cleanup_hooks"; }
 _finish() {

@@ -273,6 +273,36 @@ static void flash_api(void)
 		req.no_hash_cache = false;
 	}
 
+	/* Hashing ahead of the first flash (the station does it at start). */
+	{
+		char sha[65], other_cache[320], gz[300], cmd[700], want[65];
+		bool cached = true;
+
+		snprintf(want, sizeof(want), "%s", res[0].image_sha256);
+		snprintf(other_cache, sizeof(other_cache), "%s/ahead", cache_dir);
+		ok(ps_flash_hash_image(img, other_cache, NULL, sha, &cached, &err) == 0,
+		   "an image hashed ahead: %s", err.msg);
+		is_str(sha, want, "its SHA-256 is the one flashing reports");
+		ok(!cached, "computed the first time");
+		ok(ps_flash_hash_image(img, other_cache, NULL, sha, &cached, &err) == 0 && cached &&
+		       strcmp(sha, want) == 0,
+		   "then known from the cache");
+		snprintf(gz, sizeof(gz), "%s/small.img.gz", dir);
+		snprintf(cmd, sizeof(cmd), "gzip -1 -c %s > %s", img, gz);
+		ok(system(cmd) == 0, "the image gzipped");
+		ok(ps_flash_hash_image(gz, other_cache, NULL, sha, &cached, &err) == 0 && !cached &&
+		       strcmp(sha, want) == 0,
+		   "a gzip image: the SHA-256 of its decompressed stream");
+		snprintf(cmd, sizeof(cmd), "truncate -s 2000 %s", gz);
+		ok(system(cmd) == 0, "the gzip image cut short");
+		is_int(ps_flash_hash_image(gz, other_cache, NULL, sha, &cached, &err), PS_EINVAL,
+		       "a truncated stream is refused");
+		contains(err.msg, "small.img.gz", "naming the image: %s", err.msg);
+		is_str(sha, "", "and no SHA-256 comes out");
+		unlink(gz);
+		unlink(other_cache);
+	}
+
 	/* Cancelled (the flag set before the start): every target says so. */
 	{
 		atomic_bool stop = true;

@@ -494,6 +494,13 @@ static void flash_slots(struct ps_ca *ca, const char *srcdir)
 		return;
 	}
 
+	{
+		char line[128];
+
+		snprintf(line, sizeof(line), "golden image g.img.gz: sha256 %.16s...", sha);
+		ok(wait_log(st, line), "at start the golden image is hashed for the cache (%s)",
+		   line);
+	}
 	/* A placeholder file: its content does not matter, the golden image replaces it. */
 	snprintf(cmd, sizeof(cmd), "echo placeholder > %s/dev-1.img", path("fslots"));
 	ok(run(cmd) == 0, "a placeholder image file dropped in");
