@@ -523,6 +523,10 @@ static void *run_job(void *arg)
 	slot = slot_by_id(st, job->slot_id);
 	if (res.flashed)
 		log_flash(st, slot ? slot->view.name : job->target, &res.flash);
+	/* An image file now holds the golden image: show its new size. */
+	if (slot != NULL && slot->view.is_virtual && res.flashed && res.flash.status == 0 &&
+	    res.flash.image_size > 0)
+		slot->view.size = res.flash.image_size;
 	if (rc == 0) {
 		st->pass_today++;
 		log_locked(st, "PASS %s: %s, %s, cert %s", slot ? slot->view.name : job->target,

@@ -528,6 +528,7 @@ static void flash_slots(struct ps_ca *ca, const char *srcdir)
 	is_str(view.common_name, "SN-0100.example.com", "personalized");
 	ok(stat(path("fslots/dev-1.img"), &sb) == 0 && sb.st_size == 64 << 20,
 	   "the file now has the image's size");
+	is_int(view.size, 64 << 20, "and the slot shows it");
 	ok(ps_verify(&cfg, ca, path("fslots/dev-1.img"), &vres, &err) == 0, "it verifies: %s",
 	   err.msg);
 	ok(log_has(st, "dev-1.img: flashed g.img.gz (64 MiB, "), "the log says what was flashed");
