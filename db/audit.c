@@ -660,8 +660,9 @@ out:
 	return rc;
 }
 
-int ps_db_set_state(struct ps_db *db, int64_t id, const char *state, const char *reason,
-		    const struct ps_audit_context *ctx, struct ps_err *err)
+/* One transition in its own write transaction. */
+static int transition_tx(struct ps_db *db, int64_t id, const char *state, const char *reason,
+			 const struct ps_audit_context *ctx, bool restate, struct ps_err *err)
 {
 	char now[32];
 	int rc;
@@ -670,7 +671,7 @@ int ps_db_set_state(struct ps_db *db, int64_t id, const char *state, const char 
 	rc = db_exec(db, "BEGIN IMMEDIATE", err);
 	if (rc < 0)
 		return rc;
-	rc = transition(db, id, state, reason, NULL, now, ctx, false, err);
+	rc = transition(db, id, state, reason, NULL, now, ctx, restate, err);
 	if (rc == 0)
 		rc = db_exec(db, "COMMIT", err);
 	if (rc < 0)
@@ -678,22 +679,16 @@ int ps_db_set_state(struct ps_db *db, int64_t id, const char *state, const char 
 	return rc;
 }
 
+int ps_db_set_state(struct ps_db *db, int64_t id, const char *state, const char *reason,
+		    const struct ps_audit_context *ctx, struct ps_err *err)
+{
+	return transition_tx(db, id, state, reason, ctx, false, err);
+}
+
 int ps_db_restate_failure(struct ps_db *db, int64_t id, const char *reason,
 			  const struct ps_audit_context *ctx, struct ps_err *err)
 {
-	char now[32];
-	int rc;
-
-	ps_format_time(ps_now(), now);
-	rc = db_exec(db, "BEGIN IMMEDIATE", err);
-	if (rc < 0)
-		return rc;
-	rc = transition(db, id, PS_STATE_FAILED, reason, NULL, now, ctx, true, err);
-	if (rc == 0)
-		rc = db_exec(db, "COMMIT", err);
-	if (rc < 0)
-		db_rollback(db);
-	return rc;
+	return transition_tx(db, id, PS_STATE_FAILED, reason, ctx, true, err);
 }
 
 /* A growable list of row ids. */
