@@ -700,19 +700,12 @@ static bool cache_lookup(const char *path, const struct image_key *key, enum ps_
 static void cache_update(const char *path, const struct cache_entry *add,
 			 const struct image_key *drop_key)
 {
-	char dir[PATH_MAX], line[CACHE_LINE_MAX], *old = NULL, *out = NULL, *slash;
+	char dir[PATH_MAX], line[CACHE_LINE_MAX], *old = NULL, *out = NULL;
 	size_t old_len = 0, pos = 0, used = 0, n_entries = 0, cap;
 	struct stat st;
 
-	if (snprintf(dir, sizeof(dir), "%s", path) >= (int)sizeof(dir))
+	if (ps_parent_dir(path, dir, sizeof(dir)) < 0)
 		return;
-	slash = strrchr(dir, '/');
-	if (slash == NULL)
-		snprintf(dir, sizeof(dir), ".");
-	else if (slash == dir)
-		dir[1] = '\0';
-	else
-		*slash = '\0';
 	pthread_mutex_lock(&cache_lock);
 	if (ps_mkdir_p(dir, 0700, NULL) < 0 || lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode) ||
 	    st.st_uid != geteuid() || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0)

@@ -90,21 +90,27 @@ int ps_sibling_path(const char *path, const char *name, char *out, size_t len)
 	return n < 0 || (size_t)n >= len ? -1 : 0;
 }
 
+int ps_parent_dir(const char *path, char *out, size_t len)
+{
+	const char *slash = strrchr(path, '/');
+	int n;
+
+	if (slash == NULL)
+		n = snprintf(out, len, ".");
+	else if (slash == path)
+		n = snprintf(out, len, "/");
+	else
+		n = snprintf(out, len, "%.*s", (int)(slash - path), path);
+	return n < 0 || (size_t)n >= len ? -1 : 0;
+}
+
 static int fsync_parent_dir(const char *path)
 {
 	char dir[PATH_MAX];
-	char *slash;
 	int fd, rc;
 
-	if (snprintf(dir, sizeof(dir), "%s", path) >= (int)sizeof(dir))
+	if (ps_parent_dir(path, dir, sizeof(dir)) < 0)
 		return -1;
-	slash = strrchr(dir, '/');
-	if (slash == NULL)
-		snprintf(dir, sizeof(dir), ".");
-	else if (slash == dir)
-		dir[1] = '\0';
-	else
-		*slash = '\0';
 	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return -1;

@@ -27,6 +27,10 @@ enum {
 int ps_write_file(const char *path, const void *buf, size_t len, mode_t mode, int flags,
 		  struct ps_err *err);
 
+/* The directory that holds path: "db/audit.db" gives "db", "/audit.db" "/", "audit.db" ".".
+ * Returns 0, or -1 when it does not fit in len. */
+int ps_parent_dir(const char *path, char *out, size_t len);
+
 /* The path of a file named name in the directory that holds path ("db/audit.db", "x" gives
  * "db/x"; "audit.db" gives "x"). Returns 0, or -1 when it does not fit in len. */
 int ps_sibling_path(const char *path, const char *name, char *out, size_t len);

@@ -80,5 +80,13 @@ int main(void)
 	ok(ps_sibling_path("/audit.db", "x", out, sizeof(out)) == 0, "sibling at the root");
 	is_str(out, "/x", "in /");
 	ok(ps_sibling_path("/a/b.db", "xxxxxxxx", out, 8) == -1, "too long for the buffer: -1");
+	ok(ps_parent_dir("/var/lib/provstation/audit.db", out, sizeof(out)) == 0 &&
+	       strcmp(out, "/var/lib/provstation") == 0,
+	   "parent directory: %s", out);
+	ok(ps_parent_dir("/audit.db", out, sizeof(out)) == 0 && strcmp(out, "/") == 0,
+	   "parent at the root: %s", out);
+	ok(ps_parent_dir("audit.db", out, sizeof(out)) == 0 && strcmp(out, ".") == 0,
+	   "parent of a bare name: %s", out);
+	ok(ps_parent_dir("/abcdefgh/x", out, 4) == -1, "parent too long for the buffer: -1");
 	return tap_done();
 }
