@@ -742,6 +742,20 @@ out:
 	free(out);
 }
 
+/* Record an image's SHA-256 in the cache, first, replacing the file's older entry. */
+static void cache_record(const char *path, const struct image_key *key, enum ps_flash_format format,
+			 uint64_t stream_size, const char sha256[65])
+{
+	struct cache_entry add;
+
+	memset(&add, 0, sizeof(add));
+	add.key = *key;
+	add.format = format;
+	add.stream_size = stream_size;
+	memcpy(add.sha256, sha256, sizeof(add.sha256));
+	cache_update(path, &add, key);
+}
+
 int ps_flash_hash_image(const char *image, const char *hash_cache, atomic_bool *cancel,
 			char sha256[65], bool *from_cache, struct ps_err *err)
 {
@@ -828,14 +842,8 @@ int ps_flash_hash_image(const char *image, const char *hash_cache, atomic_bool *
 		goto out;
 	}
 	ps_hex(digest, sizeof(digest), sha256);
-	if (have_cache && key_settled(&key, &looked_at)) {
-		memset(&entry, 0, sizeof(entry));
-		entry.key = key;
-		entry.format = src.format;
-		entry.stream_size = total;
-		memcpy(entry.sha256, sha256, sizeof(entry.sha256));
-		cache_update(cache, &entry, &key);
-	}
+	if (have_cache && key_settled(&key, &looked_at))
+		cache_record(cache, &key, src.format, total, sha256);
 out:
 	if (rc < 0)
 		sha256[0] = '\0';
@@ -2093,14 +2101,8 @@ static void finish_hash(struct job *j)
 		j->sha_from_cache = true;
 		j->hashed = true;
 	} else if (j->hashed && j->cache_on && key_settled(&j->key, &j->looked_at)) {
-		struct cache_entry add;
-
-		memset(&add, 0, sizeof(add));
-		add.key = j->key;
-		add.format = j->src.format;
-		add.stream_size = j->stream_size;
-		memcpy(add.sha256, j->image_sha256, sizeof(add.sha256));
-		cache_update(j->cache_file, &add, &j->key);
+		cache_record(j->cache_file, &j->key, j->src.format, j->stream_size,
+			     j->image_sha256);
 	}
 }
 
