@@ -25,30 +25,8 @@ CONF
 "$PROVSTATION" ca init --dir "$TMP/ca" >/dev/null || skip_all "provstation ca init failed"
 
 # The image: 256 MiB, sparse, with 16 MiB of random data in a file of rootfs A.
-"$SRCDIR/scripts/mkmenderimg.sh" --size 256 "$TMP/m.img" >"$TMP/parts" ||
-	skip_all "mkmenderimg.sh failed"
-rootfs_off=$(awk '$6 == "rootfsA" {print $2}' "$TMP/parts")
-head -c 16777216 /dev/urandom >"$TMP/payload"
-debugfs -w -R "write $TMP/payload /payload.bin" "$TMP/m.img?offset=$rootfs_off" >/dev/null 2>&1
-rm -f "$TMP/payload"
-size=$(stat -c %s "$TMP/m.img")
-bmaptool create "$TMP/m.img" >"$TMP/m.bmap" 2>"$TMP/bmaptool.err" ||
-	skip_all "bmaptool create failed: $(head -1 "$TMP/bmaptool.err")"
-gzip -1 -c "$TMP/m.img" >"$TMP/m.img.gz"
-xz -1 -T2 -c "$TMP/m.img" >"$TMP/m.img.xz"
-zstd -1 -q -c "$TMP/m.img" >"$TMP/m.img.zst"
-img_sha=$(sha256sum "$TMP/m.img" | cut -c1-64)
-
-# The bmap's ranges as "offset length" lines, read by a real XML parser.
-python3 - "$TMP/m.bmap" >"$TMP/ranges" <<'PY'
-import sys, xml.etree.ElementTree as ET
-root = ET.parse(sys.argv[1]).getroot()
-bs, size = int(root.find("BlockSize").text), int(root.find("ImageSize").text)
-for r in root.find("BlockMap").findall("Range"):
-    a, _, b = r.text.strip().partition("-")
-    first, last = int(a), int(b or a)
-    print(first * bs, min((last + 1) * bs, size) - first * bs)
-PY
+. "$SRCDIR/tests/golden.sh"
+golden_image m 256 16
 mapped=$(awk '{s += $2} END {print s}' "$TMP/ranges")
 # An unmapped block well inside the image (between two ranges), to show it is not written.
 hole=$(awk 'NR > 1 && $1 > prev + 4096 * 4 {print prev + 4096; exit} {prev = $1 + $2}' \

@@ -21,31 +21,9 @@ CONF
 PS() { "$PROVSTATION" "$@"; }
 PS ca init --dir "$TMP/ca" >/dev/null || skip_all "provstation ca init failed"
 
-# The golden image: 96 MiB, sparse, 8 MiB of random data in a file of rootfs A.
-"$SRCDIR/scripts/mkmenderimg.sh" --size 96 "$TMP/g.img" >"$TMP/parts" ||
-	skip_all "mkmenderimg.sh failed"
-rootfs_off=$(awk '$6 == "rootfsA" {print $2}' "$TMP/parts")
-data_off=$(awk '$6 == "data" {print $2}' "$TMP/parts")
-head -c 8388608 /dev/urandom >"$TMP/payload"
-debugfs -w -R "write $TMP/payload /payload.bin" "$TMP/g.img?offset=$rootfs_off" >/dev/null 2>&1
-rm -f "$TMP/payload"
-size=$(stat -c %s "$TMP/g.img")
-bmaptool create "$TMP/g.img" >"$TMP/g.bmap" 2>"$TMP/bmaptool.err" ||
-	skip_all "bmaptool create failed: $(head -1 "$TMP/bmaptool.err")"
-gzip -1 -c "$TMP/g.img" >"$TMP/g.img.gz"
-xz -1 -T2 -c "$TMP/g.img" >"$TMP/g.img.xz"
-zstd -1 -q -c "$TMP/g.img" >"$TMP/g.img.zst"
-img_sha=$(sha256sum "$TMP/g.img" | cut -c1-64)
-# The bmap's ranges as "offset length" lines, read by a real XML parser.
-python3 - "$TMP/g.bmap" >"$TMP/ranges" <<'PY'
-import sys, xml.etree.ElementTree as ET
-root = ET.parse(sys.argv[1]).getroot()
-bs, size = int(root.find("BlockSize").text), int(root.find("ImageSize").text)
-for r in root.find("BlockMap").findall("Range"):
-    a, _, b = r.text.strip().partition("-")
-    first, last = int(a), int(b or a)
-    print(first * bs, min((last + 1) * bs, size) - first * bs)
-PY
+# The golden image: 96 MiB, sparse, with 8 MiB of random data in a file of rootfs A.
+. "$SRCDIR/tests/golden.sh"
+golden_image g 96 8
 # same_as_image TARGET [--bmap]: the target equals the image before the data partition (with
 # a bmap: in the mapped ranges; the rest of a disk keeps what was there)
 same_as_image() {
