@@ -40,6 +40,10 @@ int cli_error(const struct ps_err *err);
 /* Print "provstation: <formatted>" and return PS_EXIT_USAGE (or FAIL for non-usage). */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Set *slot to optarg for an option that may be given once; a usage error (as
+ * cli_usage_error) when it was given before. */
+int cli_option_once(const char *cmd, const char *option, const char **slot);
+
 /* The options every command that reads the configuration takes, with --help. */
 enum { CLI_OPT_CONFIG = 900, CLI_OPT_CA_DIR, CLI_OPT_DB };
 #define CLI_COMMON_OPTIONS                                                                         \

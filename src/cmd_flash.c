@@ -189,14 +189,12 @@ int cmd_flash(int argc, char **argv)
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case OPT_IMAGE:
-			if (req.image != NULL)
-				return cli_usage_error("flash", "--image is given twice");
-			req.image = optarg;
+			if (cli_option_once("flash", "--image", &req.image) != 0)
+				return PS_EXIT_USAGE;
 			break;
 		case OPT_BMAP:
-			if (req.bmap != NULL)
-				return cli_usage_error("flash", "--bmap is given twice");
-			req.bmap = optarg;
+			if (cli_option_once("flash", "--bmap", &req.bmap) != 0)
+				return PS_EXIT_USAGE;
 			break;
 		case OPT_TARGET:
 			if (n == PS_FLASH_MAX_TARGETS)

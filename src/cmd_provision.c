@@ -219,14 +219,12 @@ int cmd_provision(int argc, char **argv)
 			req.preauth = true;
 			break;
 		case OPT_FLASH:
-			if (req.flash_image != NULL)
-				return cli_usage_error("provision", "--flash is given twice");
-			req.flash_image = optarg;
+			if (cli_option_once("provision", "--flash", &req.flash_image) != 0)
+				return PS_EXIT_USAGE;
 			break;
 		case OPT_BMAP:
-			if (req.flash_bmap != NULL)
-				return cli_usage_error("provision", "--bmap is given twice");
-			req.flash_bmap = optarg;
+			if (cli_option_once("provision", "--bmap", &req.flash_bmap) != 0)
+				return PS_EXIT_USAGE;
 			break;
 		case OPT_NO_VERIFY_FLASH:
 			req.flash_no_verify = true;

@@ -65,6 +65,14 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
 	return PS_EXIT_USAGE;
 }
 
+int cli_option_once(const char *cmd, const char *option, const char **slot)
+{
+	if (*slot != NULL)
+		return cli_usage_error(cmd, "%s is given twice", option);
+	*slot = optarg;
+	return 0;
+}
+
 bool cli_common_option(int c, struct cli_common_args *args)
 {
 	switch (c) {

@@ -19,5 +19,11 @@ check "unknown command: exit 2, one line naming it"
 "$PROVSTATION" ca init 2>"$TMP/err" >/dev/null
 [ $? -eq 2 ] && [ "$(wc -l <"$TMP/err")" -eq 1 ] && grep -q -- "--dir is required" "$TMP/err"
 check "missing required option: exit 2, one line"
+"$PROVSTATION" flash --image a.img --image b.img --target t.img 2>"$TMP/err" >/dev/null
+[ $? -eq 2 ] && [ "$(wc -l <"$TMP/err")" -eq 1 ] && grep -q -- "--image is given twice" "$TMP/err"
+check "flash --image twice: exit 2, one line naming it"
+"$PROVSTATION" provision --flash a.img --flash b.img --target t.img --serial S 2>"$TMP/err" >/dev/null
+[ $? -eq 2 ] && [ "$(wc -l <"$TMP/err")" -eq 1 ] && grep -q -- "--flash is given twice" "$TMP/err"
+check "provision --flash twice: exit 2, one line naming it"
 ok "version" "$PROVSTATION" version
 done_testing
