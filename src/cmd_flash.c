@@ -34,13 +34,6 @@ static double monotonic(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static const char *short_name(const char *path)
-{
-	const char *s = strrchr(path, '/');
-
-	return s && s[1] ? s + 1 : path;
-}
-
 /* The progress line: the latest event of every target. */
 static void print_line(struct cli_flash_watch *w)
 {
@@ -71,7 +64,7 @@ static void print_line(struct cli_flash_watch *w)
 			snprintf(eta, sizeof(eta), " %d:%02d left", (int)p->eta / 60,
 				 (int)p->eta % 60);
 		used += (size_t)snprintf(line + used, sizeof(line) - used, "%s%s %s%s %.1f MB/s%s",
-					 used ? " | " : "", short_name(w->targets[i]), what, pct,
+					 used ? " | " : "", ps_base_name(w->targets[i]), what, pct,
 					 p->rate / 1e6, eta);
 	}
 	if (used > width)

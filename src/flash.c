@@ -1961,13 +1961,6 @@ static int open_target(struct job *j, struct target *t, uint64_t need)
 
 /* ------------------------------------------------------------------------ ps_flash */
 
-static const char *base_name(const char *path)
-{
-	const char *s = strrchr(path, '/');
-
-	return s ? s + 1 : path;
-}
-
 static int check_request(const struct ps_flash_request *req, struct ps_err *err)
 {
 	size_t i;
@@ -2108,7 +2101,7 @@ static void finish_hash(struct job *j)
 
 static void fill_image_info(const struct job *j, struct ps_flash_result *res)
 {
-	snprintf(res->image_name, sizeof(res->image_name), "%s", base_name(j->req->image));
+	snprintf(res->image_name, sizeof(res->image_name), "%s", ps_base_name(j->req->image));
 	res->format = j->src.format;
 	if (j->hashed) {
 		memcpy(res->image_sha256, j->image_sha256, sizeof(res->image_sha256));
@@ -2136,7 +2129,7 @@ int ps_flash(const struct ps_flash_request *req, struct ps_flash_result *results
 	for (i = 0; i < req->n_targets; i++) {
 		memset(&results[i], 0, sizeof(results[i]));
 		snprintf(results[i].image_name, sizeof(results[i].image_name), "%s",
-			 base_name(req->image));
+			 ps_base_name(req->image));
 	}
 	j = calloc(1, sizeof(*j));
 	if (j == NULL)

@@ -242,13 +242,6 @@ static double monotonic(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static const char *base_name(const char *path)
-{
-	const char *s = strrchr(path, '/');
-
-	return s != NULL && s[1] != '\0' ? s + 1 : path;
-}
-
 /* The golden image of a slot: its [slot] flash, or [station] slots_flash for image files. */
 static void job_flash_setup(struct ps_station *st, const struct slot *slot, struct job *job)
 {
@@ -272,12 +265,12 @@ static void job_first_state(struct ps_station *st, struct slot *slot, const char
 	log_locked(st, "%s: provisioning %s%s%s%s%s", slot->view.name, slot->view.serial,
 		   sequence_prefix ? "the next serial of sequence " : "",
 		   sequence_prefix ? sequence_prefix : "", flash_image ? ", flashing " : "",
-		   flash_image ? base_name(flash_image) : "");
+		   flash_image ? ps_base_name(flash_image) : "");
 	if (flash_image == NULL) {
 		set_state(st, slot, PS_SLOT_PERSONALIZING, "issuing the device identity");
 		return;
 	}
-	snprintf(msg, sizeof(msg), "writing %s", base_name(flash_image));
+	snprintf(msg, sizeof(msg), "writing %s", ps_base_name(flash_image));
 	set_state(st, slot, PS_SLOT_FLASHING, msg);
 	slot->view.flash_phase = PS_FLASH_WRITING;
 	slot->view.flash_done = slot->view.flash_total = 0;
@@ -304,7 +297,7 @@ static void job_flash_progress(const char *target, const struct ps_flash_progres
 		if (phase_changed)
 			snprintf(v->message, sizeof(v->message), "%s %s",
 				 p->phase == PS_FLASH_VERIFYING ? "reading back" : "writing",
-				 base_name(job->flash_image));
+				 ps_base_name(job->flash_image));
 		v->flash_phase = p->phase;
 		v->flash_done = p->done;
 		v->flash_total = p->total;
@@ -603,12 +596,12 @@ static void *prehash_main(void *arg)
 		pthread_mutex_lock(&st->lock);
 		if (rc == 0 && cached)
 			log_locked(st, "golden image %s: sha256 %.16s... (known)",
-				   base_name(images[i]), sha);
+				   ps_base_name(images[i]), sha);
 		else if (rc == 0)
 			log_locked(st, "golden image %s: sha256 %.16s... (hashed in %.1f s)",
-				   base_name(images[i]), sha, monotonic() - t0);
+				   ps_base_name(images[i]), sha, monotonic() - t0);
 		else if (!atomic_load(&st->prehash_stop))
-			log_locked(st, "golden image %s: %s", base_name(images[i]), err.msg);
+			log_locked(st, "golden image %s: %s", ps_base_name(images[i]), err.msg);
 		pthread_mutex_unlock(&st->lock);
 	}
 	return NULL;

@@ -90,6 +90,13 @@ int ps_sibling_path(const char *path, const char *name, char *out, size_t len)
 	return n < 0 || (size_t)n >= len ? -1 : 0;
 }
 
+const char *ps_base_name(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+
+	return slash != NULL && slash[1] != '\0' ? slash + 1 : path;
+}
+
 int ps_parent_dir(const char *path, char *out, size_t len)
 {
 	const char *slash = strrchr(path, '/');

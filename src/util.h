@@ -27,6 +27,10 @@ enum {
 int ps_write_file(const char *path, const void *buf, size_t len, mode_t mode, int flags,
 		  struct ps_err *err);
 
+/* The last component of path ("/srv/g.img" gives "g.img"); path itself when it has no slash or
+ * ends with one. */
+const char *ps_base_name(const char *path);
+
 /* The directory that holds path: "db/audit.db" gives "db", "/audit.db" "/", "audit.db" ".".
  * Returns 0, or -1 when it does not fit in len. */
 int ps_parent_dir(const char *path, char *out, size_t len);

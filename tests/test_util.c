@@ -88,5 +88,9 @@ int main(void)
 	ok(ps_parent_dir("audit.db", out, sizeof(out)) == 0 && strcmp(out, ".") == 0,
 	   "parent of a bare name: %s", out);
 	ok(ps_parent_dir("/abcdefgh/x", out, 4) == -1, "parent too long for the buffer: -1");
+	is_str(ps_base_name("/srv/images/g.img.zst"), "g.img.zst", "base name");
+	is_str(ps_base_name("g.img"), "g.img", "base name without a directory");
+	is_str(ps_base_name("/srv/images/"), "/srv/images/",
+	       "a path ending with a slash stays whole");
 	return tap_done();
 }
