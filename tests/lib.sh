@@ -163,3 +163,13 @@ loop_setup() {
 		while read -r l; do losetup -d "$l"; done'
 }
 loop_attach() { losetup -f --show "$@" 2>"$TMP/losetup.err"; }
+# loop_unavailable: why this test cannot use loop devices here, or nothing when it can.
+loop_unavailable() {
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "loop devices need root"
+	elif ! command -v losetup >/dev/null; then
+		echo "losetup is not installed"
+	elif [ ! -e /dev/loop-control ]; then
+		echo "no loop devices here (/dev/loop-control missing)"
+	fi
+}

@@ -187,11 +187,7 @@ else
 fi
 
 # ---- loop devices
-loop_reason=
-[ "$(id -u)" -eq 0 ] || loop_reason="loop devices need root"
-[ -z "$loop_reason" ] && ! command -v losetup >/dev/null && loop_reason="losetup is not installed"
-[ -z "$loop_reason" ] && [ ! -e /dev/loop-control ] &&
-	loop_reason="no loop devices here (/dev/loop-control missing)"
+loop_reason=$(loop_unavailable)
 loop_setup
 if [ -z "$loop_reason" ]; then
 	head -c "$size" /dev/zero | tr '\0' '\252' >"$TMP/disk"

@@ -447,11 +447,7 @@ tm kill-session -t f
 rm -f "$W/golden.img" "$W/fslots/dev-1.img"
 
 # ---- flashing: a slot on a loop device (a station port) with flash ----
-loop_reason=
-[ "$(id -u)" -eq 0 ] || loop_reason="loop devices need root"
-[ -z "$loop_reason" ] && ! command -v losetup >/dev/null && loop_reason="losetup is not installed"
-[ -z "$loop_reason" ] && [ ! -e /dev/loop-control ] &&
-	loop_reason="no loop devices here (/dev/loop-control missing)"
+loop_reason=$(loop_unavailable)
 if [ -z "$loop_reason" ]; then
 	truncate -s 80M "$W/card"
 	at_exit 'losetup -a | grep -F "($W/card" | cut -d: -f1 | while read -r l; do losetup -d "$l"; done'
